@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Prints bench/run.sh's results: an aligned table, then the same as markdown for bench/RESULTS.md."""
+
+import argparse
+import datetime
+import os
+import platform
+
+# key, label, better ("higher" / "lower"), decimals
+ROWS = [
+    ("get2_rps", "GET 2 B keep-alive, req/s", "higher", 0),
+    ("get2_p50", "  p50 latency, ms", "lower", 3),
+    ("get2_p99", "  p99 latency, ms", "lower", 3),
+    ("get2_cpu", "  proxy CPU, us/req", "lower", 2),
+    ("get64k_rps", "GET 64 KiB keep-alive, req/s", "higher", 0),
+    ("get64k_p99", "  p99 latency, ms", "lower", 3),
+    ("get64k_cpu", "  proxy CPU, us/req", "lower", 2),
+    ("close_rps", "GET 2 B new conn per request, req/s", "higher", 0),
+    ("close_p99", "  p99 latency, ms", "lower", 3),
+    ("close_cpu", "  proxy CPU, us/req", "lower", 2),
+    ("ws_rate", "WS echo {conns} conns {ws_bytes} B, msg/s", "higher", 0),
+    ("ws_p99", "  p99 round trip, ms", "lower", 3),
+    ("ws_cpu", "  proxy CPU, us/msg", "lower", 2),
+    ("idle1_kib", "RSS per idle WS at {idle1}, KiB", "lower", 1),
+    ("idle2_kib", "RSS per idle WS at {idle2}, KiB", "lower", 1),
+]
+
+
+def load(path):
+    """(proxy, key) -> every sample recorded for it (one per round)."""
+    samples = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) == 3:
+                try:
+                    samples.setdefault((parts[0], parts[1]), []).append(float(parts[2]))
+                except ValueError:
+                    pass
+    return samples
+
+
+def median(values):
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def spread(values):
+    """Half the range over the median, in percent: how far apart the rounds were."""
+    m = median(values)
+    if len(values) < 2 or not m:
+        return None
+    return 50.0 * (max(values) - min(values)) / abs(m)
+
+
+def read_lines(path):
+    if not path or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [l.rstrip("\n") for l in f if l.strip()]
+
+
+def fmt(value, decimals):
+    if value is None:
+        return "-"
+    if decimals == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{decimals}f}"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def build(args):
+    samples = load(args.results)
+    proxies = [p for p in args.proxies.split(",") if p]
+    ran = set(p for p in args.ran.split(",") if p)
+    idle = [n for n in args.idle_counts.split(",") if n]
+    names = {"conns": args.conns, "ws_bytes": args.ws_bytes,
+             "idle1": f"{int(idle[0]):,}" if idle else "-",
+             "idle2": f"{int(idle[1]):,}" if len(idle) > 1 else "-"}
+    ratio_cols = [p for p in proxies if p != "nginx"] if "nginx" in ran else []
+
+    header = ["figure"] + [p + ("" if p in ran else " (not run)") for p in proxies]
+    header += [f"{p}/nginx" for p in ratio_cols]
+    rows = []
+    for key, label, better, decimals in ROWS:
+        if key.startswith("idle2") and len(idle) < 2:
+            continue
+        found = {p: samples.get((p, key)) for p in proxies}
+        if not any(found.values()):
+            continue
+        values = {p: median(v) if v else None for p, v in found.items()}
+        row = [label.format(**names) + (" (higher is better)" if better == "higher" and not label.startswith(" ") else "")]
+        for p in proxies:
+            cell = fmt(values[p], decimals)
+            s = spread(found[p]) if found[p] else None
+            if s is not None:
+                cell += f" ±{s:.0f}%"
+            row.append(cell)
+        base = values.get("nginx")
+        for p in ratio_cols:
+            v = values.get(p)
+            row.append(f"{v / base:.2f}x" if v is not None and base else "-")
+        rows.append(row)
+    return header, rows
+
+
+def aligned(header, rows):
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    def line(r):
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        return "  ".join(cells).rstrip()
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def markdown(header, rows):
+    out = ["| " + " | ".join(header) + " |",
+           "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
+    for r in rows:
+        out.append("| " + " | ".join([r[0].strip() if not r[0].startswith(" ") else "&nbsp;&nbsp;" + r[0].strip()] + r[1:]) + " |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--notes")
+    ap.add_argument("--versions")
+    ap.add_argument("--proxies", required=True)
+    ap.add_argument("--ran", default="")
+    ap.add_argument("--duration", default="10")
+    ap.add_argument("--runs", default="1")
+    ap.add_argument("--conns", default="64")
+    ap.add_argument("--ws-bytes", default="32")
+    ap.add_argument("--idle-counts", default="")
+    ap.add_argument("--nofile", default="?")
+    ap.add_argument("--proxy-core", default="0")
+    ap.add_argument("--load-core", default="1")
+    args = ap.parse_args()
+
+    header, rows = build(args)
+    notes = read_lines(args.notes)
+    versions = read_lines(args.versions)
+    setup = [
+        f"{datetime.date.today().isoformat()}, {cpu_model()}, Linux {platform.release()}, {os.cpu_count()} cores.",
+        f"Each proxy: one worker thread on core {args.proxy_core}; backends, wrk and the WebSocket client on core {args.load_core}.",
+        f"wrk -t1 -c{args.conns} -d{args.duration}s; access logs off; upstream keep-alive on.",
+    ]
+    if args.runs != "1":
+        setup.append(f"Median of {args.runs} interleaved rounds, ± half their range.")
+    setup.append("Proxy CPU = utime+stime from /proc/PID/stat over the run / requests (or messages).")
+    setup.append(f"Open-file limit {args.nofile} per process (a tunnel takes two).")
+    setup = " ".join(setup)
+    if versions:
+        setup += " Versions: " + "; ".join(versions) + "."
+
+    print()
+    print(aligned(header, rows))
+    print()
+    print(setup)
+    if notes:
+        print()
+        print("Notes:")
+        for n in notes:
+            print(f"- {n}")
+
+    print()
+    print("----- markdown for bench/RESULTS.md -----")
+    print()
+    print(markdown(header, rows))
+    print()
+    print(setup)
+    if notes:
+        print()
+        for n in notes:
+            print(f"- {n}")
+
+
+if __name__ == "__main__":
+    main()

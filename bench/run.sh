@@ -1,0 +1,524 @@
+#!/usr/bin/env bash
+# limpet vs nginx vs HAProxy, side by side (see bench/README.md).
+#
+# Each proxy runs ONE worker thread pinned to core 0; the backends, wrk and the WebSocket load
+# client share core 1. Access logs are off and upstream keep-alive is on for all three.
+# Traffic goes to 127.0.0.1 only. Every process started here is stopped on exit.
+#
+# All proxies run at once on their own ports (idle ones cost nothing), and the throughput runs are
+# interleaved across proxies and repeated (--runs), so a slow spell of this machine does not land on one
+# proxy only; the table shows the median. Idle-memory runs each get a freshly started proxy.
+#
+# Usage: bench/run.sh [--quick] [--runs N] [--only limpet,nginx,haproxy]
+set -euo pipefail
+
+BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH/.." && pwd)
+ALL_PROXIES=(limpet nginx haproxy)
+
+usage() {
+    cat <<EOF
+usage: bench/run.sh [--quick] [--runs N] [--only LIST]
+
+  --quick      3 s runs, one round, idle WebSocket memory at 2,000 connections only
+  --runs N     rounds of the throughput runs; the table shows the median (default 3, 1 with --quick)
+  --only LIST  comma-separated subset of: ${ALL_PROXIES[*]} (default: all that are installed)
+
+Environment: BENCH_KEEP=1 keeps the work directory (configs, logs, raw wrk output).
+EOF
+}
+
+QUICK=0
+RUNS=
+ONLY=$(IFS=,; echo "${ALL_PROXIES[*]}")
+while (($#)); do
+    case $1 in
+        --quick) QUICK=1 ;;
+        --runs) RUNS=${2:?--runs needs a number}; shift ;;
+        --runs=*) RUNS=${1#--runs=} ;;
+        --only) ONLY=${2:?--only needs a list, e.g. --only nginx,haproxy}; shift ;;
+        --only=*) ONLY=${1#--only=} ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "bench: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+PROXIES=()
+IFS=, read -r -a wanted <<<"$ONLY"
+for p in "${wanted[@]}"; do
+    case $p in
+        limpet | nginx | haproxy) PROXIES+=("$p") ;;
+        "") ;;
+        *) echo "bench: --only: unknown proxy '$p' (use ${ALL_PROXIES[*]})" >&2; exit 2 ;;
+    esac
+done
+
+if ((QUICK)); then
+    DURATION=3
+    IDLE_COUNTS=(2000)
+    RUNS=${RUNS:-1}
+else
+    DURATION=10
+    IDLE_COUNTS=(2000 9000)
+    RUNS=${RUNS:-3}
+fi
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "bench: --runs must be a positive number" >&2; exit 2; }
+CONNS=64
+WS_MSG_BYTES=32
+PROXY_CORE=0
+LOAD_CORE=1
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "bench: $*"; exit 1; }
+
+for tool in wrk taskset python3 cargo getconf; do
+    command -v "$tool" >/dev/null || die "$tool is required (Debian: apt-get install wrk util-linux python3)"
+done
+if (($(nproc) < 2)); then
+    say "bench: only one core is available: proxies and load share core 0, figures are not comparable to a 2-core run"
+    LOAD_CORE=0
+fi
+
+# A process may hold at most the hard open-file limit; a WebSocket tunnel takes two in the proxy.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+[[ $NOFILE == unlimited ]] && NOFILE=1048576
+MAX_TUNNELS=$(((NOFILE - 100) / 2))
+CLK_TCK=$(getconf CLK_TCK)
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/limpet-bench.XXXXXX")
+chmod 755 "$WORK" # nginx's worker runs as nobody when started by root and must reach its temp dirs
+RESULTS=$WORK/results.tsv
+NOTES=$WORK/notes.txt
+: >"$RESULTS"
+: >"$NOTES"
+
+PIDS=()
+HOLD_FD=
+ROUND=1
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n $HOLD_FD ]]; then exec {HOLD_FD}>&-; fi
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [[ ${BENCH_KEEP:-0} == 1 ]]; then say "bench: work directory kept: $WORK"; else rm -rf "$WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+note() {
+    say "bench: $*"
+    printf '%s\n' "$*" >>"$NOTES"
+}
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }
+calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+proc_state() {
+    local s
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo X; return; }
+    s=${s##*) }
+    echo "${s%% *}"
+}
+
+# utime + stime of the whole process (all threads), in clock ticks.
+cpu_ticks() {
+    local s
+    s=$(<"/proc/$1/stat")
+    s=${s##*) }
+    # shellcheck disable=SC2086
+    set -- $s
+    echo $((${12} + ${13}))
+}
+
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+forget_pid() {
+    local keep=() p
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+stop_pid() {
+    local pid=$1 i
+    if kill "$pid" 2>/dev/null; then
+        for ((i = 0; i < 100; i++)); do
+            [[ $(proc_state "$pid") == [ZX] ]] && break
+            sleep 0.05
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    forget_pid "$pid"
+}
+
+# wait_line FILE REGEX SECONDS [PID]: wait until FILE has a line matching REGEX (fails early if PID dies).
+wait_line() {
+    local file=$1 re=$2 secs=$3 pid=${4:-} i
+    for ((i = 0; i < secs * 20; i++)); do
+        grep -qE "$re" "$file" 2>/dev/null && return 0
+        if [[ -n $pid && $(proc_state "$pid") == [ZX] ]]; then
+            grep -qE "$re" "$file" 2>/dev/null && return 0
+            return 1
+        fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# wait_http PORT SECONDS PID: until GET http://127.0.0.1:PORT/ answers 200 "ok" (fails early if PID exits).
+wait_http() {
+    python3 - "$1" "$2" "$3" <<'EOF'
+import sys, time, urllib.request
+port, secs, pid = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+deadline = time.time() + secs
+def alive():
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+while time.time() < deadline and alive():
+    try:
+        with opener.open(f"http://127.0.0.1:{port}/", timeout=1) as r:
+            if r.status == 200 and r.read() == b"ok":
+                sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.05)
+sys.exit(1)
+EOF
+}
+
+# start_listening NAME CMD...: start a bench server on the load core; sets STARTED_PID, STARTED_PORT.
+start_listening() {
+    local name=$1
+    shift
+    taskset -c "$LOAD_CORE" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    wait_line "$WORK/$name.out" '^LISTENING [0-9]+' 10 "$STARTED_PID" ||
+        die "$name did not start: $(tail -5 "$WORK/$name.err")"
+    STARTED_PORT=$(awk '/^LISTENING / { print $2; exit }' "$WORK/$name.out")
+}
+
+fill_template() {
+    sed -e "s|@PREFIX@|$2|g" -e "s|@PORT@|$PROXY_PORT|g" -e "s|@BACKEND@|$BACKEND_PORT|g" \
+        -e "s|@ECHO@|$ECHO_PORT|g" -e "s|@NOFILE@|$NOFILE|g" \
+        -e "s|@WORKER_CONNECTIONS@|$((NOFILE - 100))|g" -e "s|@MAXCONN@|$MAX_TUNNELS|g" \
+        "$1"
+}
+
+# The process that does the work: nginx's only worker, the process itself for the others.
+nginx_worker() {
+    local master=$1 kids i
+    for ((i = 0; i < 100; i++)); do
+        kids=$(pgrep -P "$master" 2>/dev/null || cat /proc/"$master"/task/*/children 2>/dev/null || true)
+        # shellcheck disable=SC2086
+        set -- $kids
+        if (($# == 1)); then
+            echo "$1"
+            return 0
+        fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# start_proxy NAME: sets PROXY_MAIN (started), PROXY_PID (measured), PROXY_PORT, PROXY_DIR.
+start_proxy() {
+    local name=$1 dir
+    dir=$(mktemp -d "$WORK/$name.XXXXXX")
+    chmod 755 "$dir"
+    PROXY_DIR=$dir
+    PROXY_PORT=$(free_port)
+    case $name in
+        limpet)
+            fill_template "$BENCH/limpet.toml.tmpl" "$dir" >"$dir/limpet.toml"
+            RUST_LOG=${RUST_LOG:-warn} taskset -c "$PROXY_CORE" "$LIMPET_BIN" -c "$dir/limpet.toml" \
+                >"$dir/out.log" 2>&1 &
+            ;;
+        nginx)
+            fill_template "$BENCH/nginx.conf.tmpl" "$dir" >"$dir/nginx.conf"
+            taskset -c "$PROXY_CORE" nginx -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" \
+                >"$dir/out.log" 2>&1 &
+            ;;
+        haproxy)
+            fill_template "$BENCH/haproxy.cfg.tmpl" "$dir" >"$dir/haproxy.cfg"
+            taskset -c "$PROXY_CORE" haproxy -db -f "$dir/haproxy.cfg" >"$dir/out.log" 2>&1 &
+            ;;
+    esac
+    PROXY_MAIN=$!
+    PIDS+=("$PROXY_MAIN")
+    if ! wait_http "$PROXY_PORT" 15 "$PROXY_MAIN"; then
+        if [[ $name == limpet ]]; then
+            say "limpet: not built (the binary does not serve the bench config yet)"
+        fi
+        say "bench: $name did not answer GET / on 127.0.0.1:$PROXY_PORT; its log:"
+        tail -n 20 "$dir/out.log" "$dir"/error.log 2>/dev/null >&2 || true
+        stop_pid "$PROXY_MAIN"
+        return 1
+    fi
+    PROXY_PID=$PROXY_MAIN
+    if [[ $name == nginx ]]; then
+        PROXY_PID=$(nginx_worker "$PROXY_MAIN") || { say "bench: cannot find nginx's worker"; stop_pid "$PROXY_MAIN"; return 1; }
+    fi
+}
+
+stop_proxy() { stop_pid "$PROXY_MAIN"; }
+
+# run_wrk PROXY KEY PATH [wrk args...]: requests/s, p50/p99 (ms) and the proxy's CPU µs per request.
+run_wrk() {
+    local proxy=$1 key=$2 path=$3 out t0 t1 reqs rps p50 p99 errs non2xx
+    shift 3
+    out=$WORK/$proxy.$key.$ROUND.wrk
+    t0=$(cpu_ticks "$PROXY_PID")
+    taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" \
+        "http://127.0.0.1:$PROXY_PORT$path" >"$out" 2>&1 || true
+    t1=$(cpu_ticks "$PROXY_PID")
+    read -r reqs rps p50 p99 errs non2xx < <(awk '
+        function ms(v) {
+            if (v ~ /us$/) return v * 0.001
+            if (v ~ /ms$/) return v + 0
+            if (v ~ /m$/) return v * 60000
+            if (v ~ /s$/) return v * 1000
+            return v + 0
+        }
+        / requests in / { reqs = $1 }
+        /^Requests\/sec:/ { rps = $2 }
+        /^ +50%/ { p50 = ms($2) }
+        /^ +99%/ { p99 = ms($2) }
+        /Socket errors:/ { line = $0; sub(/.*errors:/, "", line); n = split(line, f, /[^0-9]+/); for (i = 1; i <= n; i++) errs += f[i] }
+        /Non-2xx or 3xx responses:/ { non2xx = $NF }
+        END { printf "%d %s %s %s %d %d\n", reqs, (rps == "" ? 0 : rps), (p50 == "" ? 0 : p50), (p99 == "" ? 0 : p99), errs, non2xx }
+    ' "$out")
+    if ((reqs == 0)); then
+        note "$proxy $key: wrk completed no request ($(tail -n 3 "$out" | tr '\n' ' '))"
+        return 0
+    fi
+    record "$proxy" "${key}_rps" "$rps"
+    record "$proxy" "${key}_p50" "$p50"
+    record "$proxy" "${key}_p99" "$p99"
+    record "$proxy" "${key}_cpu" "$(calc "($t1 - $t0) * 1000000 / $CLK_TCK / $reqs")"
+    ((errs == 0)) || note "$proxy $key: $errs socket errors reported by wrk"
+    ((non2xx == 0)) || note "$proxy $key: $non2xx non-2xx responses"
+    say "bench: $proxy $key: $rps req/s, p50 ${p50} ms, p99 ${p99} ms"
+}
+
+ws_url() { echo "ws://127.0.0.1:$PROXY_PORT/ws"; }
+
+# run_ws_echo PROXY: echo messages/s over $CONNS connections, p99 round trip, CPU µs per message.
+run_ws_echo() {
+    local proxy=$1 out t0 t1 msgs rate p50 p99 errors
+    out=$WORK/$proxy.ws.$ROUND.json
+    t0=$(cpu_ticks "$PROXY_PID")
+    taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --conns "$CONNS" \
+        --duration "${DURATION}s" --size "$WS_MSG_BYTES" >"$out" 2>"$out.err" || true
+    t1=$(cpu_ticks "$PROXY_PID")
+    if ! read -r msgs rate p50 p99 errors < <(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(r["msgs"], r["rate"], r["p50_us"] / 1000, r["p99_us"] / 1000, r["errors"])' "$out" 2>/dev/null); then
+        note "$proxy ws: echo run failed: $(tail -n 3 "$out.err" | tr '\n' ' ')"
+        return 0
+    fi
+    if ((msgs == 0)); then
+        note "$proxy ws: no message echoed: $(tail -n 3 "$out.err" | tr '\n' ' ')"
+        return 0
+    fi
+    record "$proxy" ws_rate "$rate"
+    record "$proxy" ws_p50 "$p50"
+    record "$proxy" ws_p99 "$p99"
+    record "$proxy" ws_cpu "$(calc "($t1 - $t0) * 1000000 / $CLK_TCK / $msgs")"
+    ((errors == 0)) || note "$proxy ws: $errors connections failed during the echo run ($(tail -n 1 "$out.err"))"
+    say "bench: $proxy ws echo: $rate msg/s, p99 $p99 ms"
+}
+
+# run_idle PROXY N: RSS growth per idle WebSocket tunnel, on a freshly started proxy.
+run_idle() {
+    local proxy=$1 n=$2 slot=$3 out fifo before after line opened loader
+    out=$WORK/$proxy.idle$n.out
+    fifo=$WORK/$proxy.idle$n.fifo
+    # Warm the proxy (buffers, pools, lazily built state) so the baseline holds no first-use cost.
+    taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --conns "$CONNS" --duration 1s \
+        >/dev/null 2>&1 || true
+    sleep 0.5
+    before=$(rss_kib "$PROXY_PID")
+    mkfifo "$fifo"
+    taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --idle "$n" --hold-until-stdin-closes \
+        <"$fifo" >"$out" 2>"$out.err" &
+    loader=$!
+    PIDS+=("$loader")
+    exec {HOLD_FD}>"$fifo"
+    if ! wait_line "$out" '^OPEN ' 300 "$loader"; then
+        note "$proxy idle $n: the load client never reported ($(tail -n 2 "$out.err" | tr '\n' ' '))"
+    else
+        sleep 1
+        after=$(rss_kib "$PROXY_PID")
+        line=$(grep -m1 '^OPEN ' "$out")
+        read -r _ opened _ <<<"$line"
+        if [[ $line == *" LIMIT "* || $line == *" ERROR "* ]]; then
+            note "$proxy idle: stopped at $opened of $n connections: ${line#OPEN $opened }"
+        fi
+        if ((opened > 0)); then
+            record "$proxy" "idle${slot}_kib" "$(calc "($after - $before) / $opened")"
+            record "$proxy" "idle${slot}_n" "$opened"
+            say "bench: $proxy idle: $opened tunnels, RSS $before -> $after KiB"
+        fi
+    fi
+    exec {HOLD_FD}>&-
+    HOLD_FD=
+    stop_pid "$loader"
+    rm -f "$fifo"
+}
+
+declare -A P_MAIN P_PID P_PORT
+
+# use_proxy NAME: point PROXY_MAIN / PROXY_PID / PROXY_PORT at a proxy started by start_all.
+use_proxy() {
+    PROXY_MAIN=${P_MAIN[$1]}
+    PROXY_PID=${P_PID[$1]}
+    PROXY_PORT=${P_PORT[$1]}
+}
+
+start_all() {
+    local p up=()
+    for p in "${RUN[@]}"; do
+        if ! start_proxy "$p"; then
+            if [[ $p == limpet ]]; then note "limpet: not built (it did not serve the bench config)"; else note "$p: not started, column skipped"; fi
+            continue
+        fi
+        P_MAIN[$p]=$PROXY_MAIN
+        P_PID[$p]=$PROXY_PID
+        P_PORT[$p]=$PROXY_PORT
+        version_of "$p" >>"$WORK/versions.txt"
+        # One second of traffic first, so every proxy starts the measured runs with warm pools.
+        taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$PROXY_PORT/" >/dev/null 2>&1 || true
+        up+=("$p")
+    done
+    RUN=("${up[@]}")
+}
+
+# Throughput: every test on every proxy, round after round, the proxy order rotated each round.
+throughput_rounds() {
+    local round test i p n=${#RUN[@]}
+    for ((round = 1; round <= RUNS; round++)); do
+        ROUND=$round
+        say "bench: --- round $round of $RUNS ---"
+        for test in get2 get64k close ws; do
+            for ((i = 0; i < n; i++)); do
+                p=${RUN[$(((i + round - 1) % n))]}
+                use_proxy "$p"
+                case $test in
+                    get2) run_wrk "$p" get2 / ;;
+                    get64k) run_wrk "$p" get64k /64k ;;
+                    close) run_wrk "$p" close / -H "Connection: close" ;;
+                    ws) run_ws_echo "$p" ;;
+                esac
+            done
+        done
+    done
+    for p in "${RUN[@]}"; do stop_pid "${P_MAIN[$p]}"; done
+}
+
+# Idle memory: a fresh proxy for each count, so memory freed by an earlier run cannot be reused.
+idle_runs() {
+    local p n slot
+    for p in "${RUN[@]}"; do
+        slot=0
+        for n in "${IDLE_COUNTS[@]}"; do
+            slot=$((slot + 1))
+            start_proxy "$p" || { note "$p: restart for the idle run failed"; continue; }
+            run_idle "$p" "$n" "$slot"
+            stop_proxy
+        done
+    done
+}
+
+version_of() {
+    case $1 in
+        limpet) printf 'limpet %s\n' "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '(no commit)')" ;;
+        nginx) nginx -v 2>&1 | head -n 1 ;;
+        haproxy) haproxy -v 2>/dev/null | head -n 1 | cut -d' ' -f1-3 ;;
+    esac
+}
+
+# --- idle counts against the open-file limit -------------------------------------------------
+for i in "${!IDLE_COUNTS[@]}"; do
+    n=${IDLE_COUNTS[$i]}
+    if ((n > MAX_TUNNELS)); then
+        note "a process here may hold at most $NOFILE open files and a tunnel takes two in the proxy: idle run capped at $MAX_TUNNELS instead of $n"
+        IDLE_COUNTS[i]=$MAX_TUNNELS
+    fi
+done
+say "bench: open-file limit $NOFILE per process; a tunnel takes two in the proxy, so at most ~$MAX_TUNNELS tunnels"
+
+# --- build ------------------------------------------------------------------------------------
+say "bench: building bench/tools (release)"
+(cd "$BENCH/tools" && cargo build --release --quiet) || die "bench/tools did not build"
+TOOLS=${CARGO_TARGET_DIR:-$BENCH/tools/target}/release
+
+RUN=()
+for p in "${PROXIES[@]}"; do
+    case $p in
+        limpet)
+            say "bench: building limpet (release)"
+            LIMPET_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/limpet
+            if ! (cd "$ROOT" && cargo build --release --quiet) >"$WORK/limpet-build.log" 2>&1; then
+                say "limpet: not built (cargo build --release failed; last lines:)"
+                tail -n 5 "$WORK/limpet-build.log" >&2
+                note "limpet: not built"
+                continue
+            fi
+            ;;
+        *)
+            if ! command -v "$p" >/dev/null; then
+                note "$p: not installed, column skipped"
+                continue
+            fi
+            ;;
+    esac
+    RUN+=("$p")
+done
+((${#RUN[@]})) || die "no proxy to measure"
+
+# --- backends (load core) ---------------------------------------------------------------------
+start_listening backend "$TOOLS/bench-backend" --listen 127.0.0.1:0 --threads 1
+BACKEND_PORT=$STARTED_PORT
+start_listening ws-echo "$TOOLS/bench-ws-echo" --listen 127.0.0.1:0 --threads 1
+ECHO_PORT=$STARTED_PORT
+
+# limpet must accept the generated config before it gets a column.
+if [[ " ${RUN[*]} " == *" limpet "* ]]; then
+    PROXY_PORT=$(free_port)
+    fill_template "$BENCH/limpet.toml.tmpl" "$WORK" >"$WORK/limpet-check.toml"
+    if ! "$LIMPET_BIN" --check -c "$WORK/limpet-check.toml" >"$WORK/limpet-check.log" 2>&1; then
+        say "limpet: not built (the binary rejects the bench config:)"
+        tail -n 5 "$WORK/limpet-check.log" >&2
+        note "limpet: not built (config rejected)"
+        keep=()
+        for p in "${RUN[@]}"; do [[ $p == limpet ]] || keep+=("$p"); done
+        RUN=("${keep[@]}")
+    fi
+fi
+
+start_all
+((${#RUN[@]})) || die "no proxy started"
+throughput_rounds
+idle_runs
+
+# --- report -----------------------------------------------------------------------------------
+python3 "$BENCH/report.py" --results "$RESULTS" --notes "$NOTES" --versions "$WORK/versions.txt" \
+    --proxies "$(IFS=,; echo "${PROXIES[*]}")" --ran "$(IFS=,; echo "${RUN[*]}")" \
+    --duration "$DURATION" --runs "$RUNS" --conns "$CONNS" --ws-bytes "$WS_MSG_BYTES" \
+    --idle-counts "$(IFS=,; echo "${IDLE_COUNTS[*]}")" --nofile "$NOFILE" \
+    --proxy-core "$PROXY_CORE" --load-core "$LOAD_CORE"

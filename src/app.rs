@@ -1,0 +1,232 @@
+//! The running process: the current snapshot, the listeners, reload and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::access_log::AccessLog;
+use crate::config::{self, Config, Problem};
+use crate::listener::{Listeners, Permit};
+use crate::metrics::metrics;
+use crate::proxy::{ClientInfo, Outcome};
+use crate::runtime::{self, Carry, Snapshot};
+
+/// Everything the process shares between connections.
+pub struct App {
+    snapshot: ArcSwap<Snapshot>,
+    carry: Carry,
+    config_path: PathBuf,
+    connections: Arc<AtomicUsize>,
+    /// Every connection and tunnel, for graceful shutdown.
+    pub tracker: TaskTracker,
+    stopping: watch::Sender<bool>,
+    listeners: Mutex<Listeners>,
+    reloading: tokio::sync::Mutex<()>,
+    access_log: ArcSwap<AccessLog>,
+    /// Background tasks of the current snapshot (health checks), stopped when it is replaced.
+    background: Mutex<Option<watch::Sender<bool>>>,
+}
+
+/// Why a config could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Bind(String),
+}
+
+impl App {
+    /// Builds the first snapshot and binds every listener; fails without side effects worth undoing.
+    pub async fn start(config_path: PathBuf, loaded: config::Loaded) -> Result<(Arc<App>, Option<TcpListener>), ApplyError> {
+        let tls = runtime::tls_configs(&loaded.config).map_err(|p| problems(&config_path, p))?;
+        let carry = Carry::default();
+        let admin = match &loaded.config.admin {
+            Some(a) => Some(crate::listener::bind(a.listen).map_err(|e| ApplyError::Bind(format!("cannot listen on {} (admin.listen): {e}", a.listen)))?),
+            None => None,
+        };
+        let listeners = Listeners::default();
+        let bound = listeners
+            .bind_new(loaded.config.servers.iter().flat_map(|s| s.listen.iter().copied()))
+            .map_err(ApplyError::Bind)?;
+        let access_log = AccessLog::open(&loaded.config.global.access_log).map_err(ApplyError::Bind)?;
+        let snapshot = carry.build(loaded.config, tls);
+        let app = Arc::new(App {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            carry,
+            config_path,
+            connections: Arc::new(AtomicUsize::new(0)),
+            tracker: TaskTracker::new(),
+            stopping: watch::channel(false).0,
+            listeners: Mutex::new(listeners),
+            reloading: tokio::sync::Mutex::new(()),
+            access_log: ArcSwap::from_pointee(access_log),
+            background: Mutex::new(None),
+        });
+        app.lock_listeners().apply(&app, bound, &|_| true);
+        app.start_background();
+        Ok((app, admin))
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// A place for a new client connection, or None past `max_connections`.
+    pub fn admit(&self, listener: SocketAddr) -> Option<Permit> {
+        let max = self.snapshot.load().config.global.max_connections;
+        let gauge = metrics()
+            .client_connections
+            .with_label_values(&[&listener.to_string()]);
+        Permit::take(&self.connections, max, gauge)
+    }
+
+    /// Watches the shutdown flag.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Writes a request's access log line, if the access log is on.
+    pub fn access_log(&self, client: &ClientInfo, out: &Outcome) {
+        self.access_log.load().record(client, out);
+    }
+
+    fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Listeners> {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Re-reads the config file and swaps in a new snapshot; on any error the running config stays.
+    pub async fn reload(self: &Arc<Self>) -> Result<(), ApplyError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let result = self.try_reload();
+        let label = if result.is_ok() { "ok" } else { "error" };
+        metrics().config_reloads.with_label_values(&[label]).inc();
+        match &result {
+            Ok(()) => info!(config = %self.config_path.display(), "config reloaded"),
+            Err(e) => error!("reload failed, the running config stays: {e}"),
+        }
+        result
+    }
+
+    fn try_reload(self: &Arc<Self>) -> Result<(), ApplyError> {
+        let loaded = config::load(&self.config_path)?;
+        for w in &loaded.warnings {
+            warn!("config: {w}");
+        }
+        let tls = runtime::tls_configs(&loaded.config).map_err(|p| problems(&self.config_path, p))?;
+        let old = self.snapshot();
+        if let (Some(a), Some(b)) = (&old.config.admin, &loaded.config.admin) {
+            if a.listen != b.listen {
+                warn!("admin.listen changes take effect on restart");
+            }
+        }
+        let wanted: Vec<SocketAddr> = loaded.config.servers.iter().flat_map(|s| s.listen.iter().copied()).collect();
+        let bound = self.lock_listeners().bind_new(wanted.iter().copied()).map_err(ApplyError::Bind)?;
+        let access_log = if loaded.config.global.access_log == old.config.global.access_log {
+            None
+        } else {
+            Some(AccessLog::open(&loaded.config.global.access_log).map_err(ApplyError::Bind)?)
+        };
+        let snapshot = self.carry.build(loaded.config, tls);
+        self.snapshot.store(Arc::new(snapshot));
+        if let Some(log) = access_log {
+            self.access_log.store(Arc::new(log));
+        }
+        self.lock_listeners().apply(self, bound, &|a| wanted.contains(a));
+        self.start_background();
+        Ok(())
+    }
+
+    /// (Re)starts the tasks that belong to the current snapshot: health checks and sticky table expiry.
+    fn start_background(self: &Arc<Self>) {
+        let (tx, rx) = watch::channel(false);
+        if let Some(old) = self.background.lock().unwrap_or_else(|e| e.into_inner()).replace(tx) {
+            let _ = old.send(true);
+        }
+        let snap = self.snapshot();
+        crate::health::start(&snap, rx.clone());
+        tokio::spawn(purge_sessions(snap, rx));
+    }
+
+    /// Graceful shutdown: stop accepting, tell connections to finish, wait up to `shutdown_timeout`.
+    pub async fn shutdown(self: &Arc<Self>) {
+        let timeout = self.snapshot().config.global.shutdown_timeout;
+        info!(timeout = %humantime::format_duration(timeout), "shutting down: no longer accepting");
+        self.lock_listeners().stop_all();
+        let _ = self.stopping.send(true);
+        if let Some(bg) = self.background.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = bg.send(true);
+        }
+        self.tracker.close();
+        if tokio::time::timeout(timeout, self.tracker.wait()).await.is_err() {
+            warn!(left = self.tracker.len(), "shutdown_timeout reached: closing what is left");
+        }
+        self.access_log.load().flush().await;
+    }
+
+    /// Runs until SIGTERM or SIGINT, reloading on SIGHUP.
+    pub async fn run(self: Arc<Self>) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading");
+                    let _ = self.reload().await;
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// The config file this process reads.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// The running config.
+    pub fn config(&self) -> Config {
+        self.snapshot().config.clone()
+    }
+}
+
+fn problems(path: &std::path::Path, problems: Vec<Problem>) -> ApplyError {
+    ApplyError::Config(config::ConfigError {
+        file: path.display().to_string(),
+        problems,
+    })
+}
+
+/// Forgets idle sticky sessions, every second, until the snapshot is replaced.
+async fn purge_sessions(snap: Arc<Snapshot>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        for up in snap.upstreams.values() {
+            if let Some(t) = &up.sessions {
+                t.purge_expired();
+            }
+        }
+    }
+}

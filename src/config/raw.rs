@@ -1,0 +1,119 @@
+//! The TOML file as written: serde types with every key optional, so validation can name what is wrong.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub global: RawGlobal,
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub server: Vec<RawServer>,
+    #[serde(default)]
+    pub upstream: BTreeMap<String, RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlobal {
+    pub workers: Option<i64>,
+    pub max_connections: Option<i64>,
+    pub shutdown_timeout: Option<String>,
+    pub access_log: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Vec<String>>,
+    pub server_name: Option<Vec<String>>,
+    pub tls: Option<RawTls>,
+    pub proxy_protocol: Option<bool>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub client_header_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub max_header_bytes: Option<i64>,
+    #[serde(default)]
+    pub location: Vec<RawLocation>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocation {
+    pub path: Option<String>,
+    pub proxy_pass: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub set_header: Option<BTreeMap<String, String>>,
+    pub client_max_body_size: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub balance: Option<String>,
+    pub hash_key: Option<String>,
+    pub keepalive: Option<i64>,
+    pub retries: Option<i64>,
+    pub tls: Option<bool>,
+    pub tls_ca: Option<String>,
+    pub tls_server_name: Option<String>,
+    pub sticky: Option<RawSticky>,
+    #[serde(default)]
+    pub server: Vec<RawUpstreamServer>,
+    pub health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub path: Option<String>,
+    pub fallback: Option<String>,
+    pub session_ttl: Option<String>,
+    pub max_sessions: Option<i64>,
+    pub store: Option<String>,
+    pub key_prefix: Option<String>,
+    pub sid_prefix: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamServer {
+    pub addr: Option<String>,
+    pub weight: Option<i64>,
+    pub max_fails: Option<i64>,
+    pub fail_timeout: Option<String>,
+    pub max_conns: Option<i64>,
+    pub backup: Option<bool>,
+    pub down: Option<bool>,
+    pub drain: Option<bool>,
+    pub route: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub fails: Option<i64>,
+    pub passes: Option<i64>,
+    pub expect_status: Option<String>,
+    pub host: Option<String>,
+}

@@ -1,0 +1,215 @@
+//! Active health checks: one task per server, `GET path` every `interval`; `fails` consecutive failures mark it
+//! down, `passes` consecutive successes up (one pass admits a server still in the first "checking" state).
+//! An Engine.IO handshake path passes only with a valid open packet, and the session it opened is closed again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::HealthCheck;
+use crate::runtime::Snapshot;
+use crate::sticky::engineio;
+use crate::upstream::{Health, Upstream};
+
+/// Most body bytes a check reads.
+const BODY_LIMIT: usize = 16 * 1024;
+
+/// Starts the checks of every upstream that has them; they stop when `stop` turns true or its sender drops.
+pub fn start(snap: &Arc<Snapshot>, stop: watch::Receiver<bool>) {
+    for up in snap.upstreams.values() {
+        let Some(hc) = up.config.health_check.clone() else {
+            for p in &up.peers {
+                p.state.set_health(Health::Up);
+            }
+            continue;
+        };
+        for index in 0..up.peers.len() {
+            tokio::spawn(check_loop(up.clone(), index, hc.clone(), stop.clone()));
+        }
+    }
+}
+
+/// Counts consecutive results and says when the state flips.
+#[derive(Default)]
+struct Streak {
+    passes: u32,
+    fails: u32,
+}
+
+impl Streak {
+    /// The new health when this result flips it.
+    fn observe(&mut self, ok: bool, current: Health, hc: &HealthCheck) -> Option<Health> {
+        if ok {
+            self.fails = 0;
+            self.passes += 1;
+            let needed = if current == Health::Checking { 1 } else { hc.passes };
+            (current != Health::Up && self.passes >= needed).then_some(Health::Up)
+        } else {
+            self.passes = 0;
+            self.fails += 1;
+            (current != Health::Down && self.fails >= hc.fails).then_some(Health::Down)
+        }
+    }
+}
+
+async fn check_loop(up: Arc<Upstream>, index: usize, hc: HealthCheck, mut stop: watch::Receiver<bool>) {
+    let peer = &up.peers[index];
+    let mut streak = Streak::default();
+    let mut first = true;
+    loop {
+        let wait = if first { jitter(&peer.spec.name, hc.interval) / 4 } else { hc.interval + jitter(&peer.spec.name, hc.interval / 10) };
+        first = false;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+        }
+        let result = check_once(&up, index, &hc).await;
+        let ok = result.is_ok();
+        let m = &peer.state.metrics;
+        if ok { m.checks_ok.inc() } else { m.checks_fail.inc() };
+        if ok {
+            peer.state.clear_passive();
+        }
+        let current = peer.state.health();
+        if let Some(next) = streak.observe(ok, current, &hc) {
+            apply(&up, index, next, result.err());
+        }
+    }
+}
+
+/// Records a health flip, once: log line, and sticky sessions of a server that went down are dropped.
+fn apply(up: &Upstream, index: usize, next: Health, reason: Option<String>) {
+    let peer = &up.peers[index];
+    if !peer.state.set_health(next) {
+        return;
+    }
+    match next {
+        Health::Up => info!(upstream = %up.name(), server = %peer.spec.name, "server is up"),
+        _ => {
+            let dropped = up.sessions.as_ref().map_or(0, |t| t.forget_server(peer.state.id));
+            warn!(upstream = %up.name(), server = %peer.spec.name, reason = %reason.unwrap_or_default(), sessions_dropped = dropped, "server is down");
+        }
+    }
+}
+
+/// A stable spread of check times over `span`, so many servers' checks do not fire together.
+fn jitter(name: &str, span: Duration) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(7, 11);
+    name.hash(&mut h);
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        .hash(&mut h);
+    let ms = span.as_millis().max(1) as u64;
+    Duration::from_millis(h.finish() % ms)
+}
+
+/// One check: Ok when the answer's status is in range (and, for an Engine.IO path, it is an open packet).
+async fn check_once(up: &Upstream, index: usize, hc: &HealthCheck) -> Result<(), String> {
+    let peer = &up.peers[index];
+    let host = hc.host.clone().unwrap_or_else(|| peer.spec.name.clone());
+    let (status, body) = tokio::time::timeout(hc.timeout, get(peer.spec.addr, &host, Method::GET, &hc.path, Bytes::new()))
+        .await
+        .map_err(|_| "timed out".to_string())??;
+    if status < hc.expect_status.0 || status > hc.expect_status.1 {
+        return Err(format!("status {status}"));
+    }
+    if !is_engineio(&hc.path) {
+        return Ok(());
+    }
+    let sid = engineio::handshake_sid(&body).ok_or("no Engine.IO open packet")?;
+    close_session(peer.spec.addr, &host, &hc.path, sid, hc.timeout).await;
+    Ok(())
+}
+
+fn is_engineio(path: &str) -> bool {
+    path.split_once('?')
+        .is_some_and(|(_, q)| engineio::query_param(q, "EIO").is_some())
+}
+
+/// Closes the session a check opened: a polling POST of the close packet.
+async fn close_session(addr: std::net::SocketAddr, host: &str, path: &str, sid: &str, timeout: Duration) {
+    let eio3 = path.contains("EIO=3");
+    let body = Bytes::from_static(if eio3 { b"1:1" } else { b"1" });
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let url = format!("{path}{sep}sid={sid}");
+    let _ = tokio::time::timeout(timeout, get(addr, host, Method::POST, &url, body)).await;
+}
+
+/// A one-off request on a fresh connection: (status, body up to BODY_LIMIT).
+async fn get(addr: std::net::SocketAddr, host: &str, method: Method, path: &str, body: Bytes) -> Result<(u16, Bytes), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let mut req = Request::new(Full::new(body.clone()));
+    *req.method_mut() = method;
+    *req.uri_mut() = path.parse().map_err(|_| "bad check path".to_string())?;
+    let h = req.headers_mut();
+    h.insert(header::HOST, HeaderValue::from_str(host).map_err(|_| "bad host")?);
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    h.insert(header::USER_AGENT, HeaderValue::from_static("limpet-health-check"));
+    if !body.is_empty() {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain;charset=UTF-8"));
+    }
+    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), BODY_LIMIT)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hc() -> HealthCheck {
+        HealthCheck {
+            path: "/".into(),
+            host: None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            fails: 2,
+            passes: 3,
+            expect_status: (200, 399),
+        }
+    }
+
+    #[test]
+    fn first_pass_admits_a_checking_server() {
+        let mut s = Streak::default();
+        assert_eq!(s.observe(true, Health::Checking, &hc()), Some(Health::Up));
+    }
+
+    #[test]
+    fn flips_after_consecutive_results_only() {
+        let hc = hc();
+        let mut s = Streak::default();
+        assert_eq!(s.observe(false, Health::Up, &hc), None);
+        assert_eq!(s.observe(true, Health::Up, &hc), None);
+        assert_eq!(s.observe(false, Health::Up, &hc), None);
+        assert_eq!(s.observe(false, Health::Up, &hc), Some(Health::Down));
+        assert_eq!(s.observe(true, Health::Down, &hc), None);
+        assert_eq!(s.observe(true, Health::Down, &hc), None);
+        assert_eq!(s.observe(true, Health::Down, &hc), Some(Health::Up));
+    }
+
+    #[test]
+    fn engineio_paths_are_recognised() {
+        assert!(is_engineio("/socket.io/?EIO=4&transport=polling"));
+        assert!(!is_engineio("/health"));
+    }
+}

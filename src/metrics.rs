@@ -1,0 +1,185 @@
+//! Every metric limpet exports, in one Prometheus registry.
+//!
+//! Label handles are resolved when a server's state is created (see `upstream::state`), so recording a request
+//! touches only atomics.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// The process-wide metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_request_duration: HistogramVec,
+    pub server_up: IntGaugeVec,
+    pub active_connections: IntGaugeVec,
+    pub tunnels_active: IntGaugeVec,
+    pub tunnels_total: IntCounterVec,
+    pub sticky_sessions: IntGaugeVec,
+    pub sticky_lookups: IntCounterVec,
+    pub sticky_learned: IntCounterVec,
+    pub sticky_store_errors: IntCounterVec,
+    pub health_checks: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub client_connections: IntGaugeVec,
+}
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(m.clone())).expect("metric registered once");
+    m
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(m.clone())).expect("metric registered once");
+    m
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let us = &["upstream", "server"];
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "limpet_http_request_duration_seconds",
+                "Time from receiving a request to the end of its response head.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["upstream"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(duration.clone())).expect("metric registered once");
+        Metrics {
+            http_requests: counter(
+                &r,
+                "limpet_http_requests_total",
+                "HTTP requests proxied, by upstream, server and status class.",
+                &["upstream", "server", "status"],
+            ),
+            http_request_duration: duration,
+            server_up: gauge(&r, "limpet_upstream_server_up", "1 while a server can take traffic.", us),
+            active_connections: gauge(
+                &r,
+                "limpet_upstream_active_connections",
+                "Requests and tunnels in flight to a server.",
+                us,
+            ),
+            tunnels_active: gauge(&r, "limpet_websocket_tunnels_active", "Open WebSocket tunnels.", us),
+            tunnels_total: counter(&r, "limpet_websocket_tunnels_total", "WebSocket tunnels opened.", us),
+            sticky_sessions: gauge(&r, "limpet_sticky_sessions", "Engine.IO sessions in the sticky table.", us),
+            sticky_lookups: counter(
+                &r,
+                "limpet_sticky_lookups_total",
+                "Sticky session lookups by result (hit, miss, dead).",
+                &["upstream", "result"],
+            ),
+            sticky_learned: counter(&r, "limpet_sticky_learned_total", "Engine.IO sessions learned.", us),
+            sticky_store_errors: counter(
+                &r,
+                "limpet_sticky_store_errors_total",
+                "Shared session store operations that failed or timed out.",
+                &["upstream"],
+            ),
+            health_checks: counter(
+                &r,
+                "limpet_health_checks_total",
+                "Active health checks by result (ok, fail).",
+                &["upstream", "server", "result"],
+            ),
+            config_reloads: counter(&r, "limpet_config_reloads_total", "Config reloads by result.", &["result"]),
+            client_connections: gauge(
+                &r,
+                "limpet_client_connections_active",
+                "Client connections open, by listener.",
+                &["server"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    /// The request-duration histogram of one upstream.
+    pub fn duration(&self, upstream: &str) -> Histogram {
+        self.http_request_duration.with_label_values(&[upstream])
+    }
+}
+
+/// The process-wide metrics, created on first use.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Per-server handles, resolved once so the hot path records with atomics only.
+#[derive(Clone)]
+pub struct ServerMetrics {
+    pub status: [IntCounter; 5],
+    pub up: IntGauge,
+    pub active: IntGauge,
+    pub tunnels_active: IntGauge,
+    pub tunnels_total: IntCounter,
+    pub sticky_sessions: IntGauge,
+    pub sticky_learned: IntCounter,
+    pub checks_ok: IntCounter,
+    pub checks_fail: IntCounter,
+}
+
+impl ServerMetrics {
+    /// Resolves (creating at zero) the series of one server.
+    pub fn new(upstream: &str, server: &str) -> ServerMetrics {
+        let m = metrics();
+        let l = &[upstream, server];
+        let class = |c: &str| m.http_requests.with_label_values(&[upstream, server, c]);
+        ServerMetrics {
+            status: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            up: m.server_up.with_label_values(l),
+            active: m.active_connections.with_label_values(l),
+            tunnels_active: m.tunnels_active.with_label_values(l),
+            tunnels_total: m.tunnels_total.with_label_values(l),
+            sticky_sessions: m.sticky_sessions.with_label_values(l),
+            sticky_learned: m.sticky_learned.with_label_values(l),
+            checks_ok: m.health_checks.with_label_values(&[upstream, server, "ok"]),
+            checks_fail: m.health_checks.with_label_values(&[upstream, server, "fail"]),
+        }
+    }
+
+    /// Counts one response by its status class.
+    pub fn record_status(&self, status: u16) {
+        let i = usize::from((status / 100).clamp(1, 5) - 1);
+        self.status[i].inc();
+    }
+
+    /// Removes the series of a server that left the config.
+    pub fn remove(upstream: &str, server: &str) {
+        let m = metrics();
+        let l = &[upstream, server];
+        for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            let _ = m.http_requests.remove_label_values(&[upstream, server, c]);
+        }
+        for g in [&m.server_up, &m.active_connections, &m.tunnels_active, &m.sticky_sessions] {
+            let _ = g.remove_label_values(l);
+        }
+        for c in [&m.tunnels_total, &m.sticky_learned] {
+            let _ = c.remove_label_values(l);
+        }
+        for r in ["ok", "fail"] {
+            let _ = m.health_checks.remove_label_values(&[upstream, server, r]);
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Bodies in both directions, streamed: the client's request body with its size limit, and the response body
+//! that keeps its server counted in flight, times out when idle, and hands its connection back to the pool.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use tokio::time::Sleep;
+
+use crate::upstream::{InFlight, Upstream};
+
+/// Why a body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body larger than client_max_body_size")]
+    TooLarge,
+    #[error("client body: {0}")]
+    Client(hyper::Error),
+    #[error("upstream body: {0}")]
+    Upstream(hyper::Error),
+    #[error("upstream sent nothing for read_timeout")]
+    UpstreamTimeout,
+}
+
+/// The request body sent upstream: the client's, streamed, failing once it passes the location's limit.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+}
+
+impl RequestBody {
+    /// Streams `inner`, allowing at most `limit` bytes (0 = unlimited).
+    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
+        RequestBody {
+            inner: Some(inner),
+            limit,
+            seen: 0,
+        }
+    }
+
+    /// No body (health checks).
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            limit: 0,
+            seen: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        let frame = match frame {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::Client(e)))),
+            None => return Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            self.seen += data.len() as u64;
+            if self.limit != 0 && self.seen > self.limit {
+                return Poll::Ready(Some(Err(BodyError::TooLarge)));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map(|b| b.size_hint()).unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+/// What a response body holds on to until it ends.
+pub struct Lease {
+    pub upstream: Arc<Upstream>,
+    pub index: usize,
+    pub in_flight: InFlight,
+    /// The connection, returned to the pool once the body has been read to its end.
+    pub sender: Option<SendRequest<RequestBody>>,
+}
+
+/// A response body streamed from a server.
+pub struct UpstreamBody {
+    prefix: Option<Bytes>,
+    inner: Incoming,
+    idle_timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    lease: Option<Lease>,
+    ended: bool,
+}
+
+impl UpstreamBody {
+    /// Streams `inner` (after `prefix`, bytes already read from it), failing when it stays silent `idle_timeout`.
+    pub fn new(prefix: Option<Bytes>, inner: Incoming, idle_timeout: Duration, lease: Lease) -> UpstreamBody {
+        let ended = prefix.is_none() && inner.is_end_stream();
+        UpstreamBody {
+            prefix,
+            inner,
+            idle_timeout,
+            sleep: None,
+            lease: Some(lease),
+            ended,
+        }
+    }
+
+    fn fail(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            let peer = &lease.upstream.peers[lease.index];
+            peer.state.record_failure(&peer.spec);
+        }
+    }
+
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = tokio::time::Instant::now() + self.idle_timeout;
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        sleep.as_mut().poll(cx)
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(sleep) = this.sleep.as_mut() {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + this.idle_timeout);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.fail();
+                Poll::Ready(Some(Err(BodyError::Upstream(e))))
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.poll_idle(cx) {
+                Poll::Ready(()) => {
+                    this.fail();
+                    Poll::Ready(Some(Err(BodyError::UpstreamTimeout)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + extra);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else { return };
+        if self.ended || self.inner.is_end_stream() {
+            if let Some(sender) = lease.sender {
+                lease.upstream.peers[lease.index].pool.put(sender);
+            }
+        }
+    }
+}
+
+/// Every response body limpet sends: its own short answers, or a server's stream.
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Upstream(Box<UpstreamBody>),
+}
+
+impl ResponseBody {
+    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody::Full(Some(bytes.into()))
+    }
+
+    pub fn empty() -> ResponseBody {
+        ResponseBody::Full(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Upstream(body) => Pin::new(body.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(bytes) => bytes.is_none(),
+            ResponseBody::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Upstream(body) => body.size_hint(),
+        }
+    }
+}

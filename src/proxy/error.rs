@@ -1,0 +1,90 @@
+//! Why a request could not be proxied, who caused it, and the answer the client gets.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::ResponseBody;
+use crate::sticky::engineio::SESSION_UNKNOWN_BODY;
+use crate::upstream::ConnectError;
+
+/// A request limpet answers itself instead of relaying a server's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no location matches")]
+    NoRoute,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("no server available")]
+    NoServer,
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
+    #[error("upstream error: {0}")]
+    Upstream(hyper::Error),
+    #[error("upstream timed out")]
+    Timeout,
+    #[error("invalid upgrade answer from upstream: {0}")]
+    BadUpgrade(&'static str),
+    #[error("Engine.IO session unknown")]
+    SessionUnknown { upgrade: bool },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BadRequest(_) | ProxyError::SessionUnknown { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoServer
+            | ProxyError::Connect(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::BadUpgrade(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Was this the server's fault (logged as a warning, counted against it)?
+    pub fn is_upstream(&self) -> bool {
+        self.status().is_server_error()
+    }
+
+    /// The answer the client gets.
+    pub fn response(&self) -> Response<ResponseBody> {
+        match self {
+            ProxyError::SessionUnknown { upgrade } => session_unknown(*upgrade),
+            _ => {
+                let status = self.status();
+                let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+                let mut resp = plain(status, text);
+                if matches!(self, ProxyError::MethodNotAllowed) {
+                    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+                }
+                resp
+            }
+        }
+    }
+}
+
+/// A short text/plain answer.
+pub fn plain(status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(text));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// Engine.IO's own answer for a session it does not know; for an upgrade, it also closes the connection.
+fn session_unknown(upgrade: bool) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(SESSION_UNKNOWN_BODY));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

@@ -1,0 +1,272 @@
+//! Request forwarding: route, pick a server (sticky session or balancer), send over a pooled connection,
+//! relay the answer, and hand `101 Switching Protocols` to the tunnel.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+mod request;
+pub mod sticky;
+pub mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::balance::PickKey;
+use crate::runtime::{Route, Snapshot};
+use crate::upstream::{InFlight, Upstream};
+use body::{Lease, RequestBody, ResponseBody, UpstreamBody};
+pub use error::ProxyError;
+use request::Prepared;
+use sticky::{Learn, Plan, Target};
+
+/// What limpet knows of the client connection a request came on.
+#[derive(Clone)]
+pub struct ClientInfo {
+    /// The TCP peer (or the source a PROXY protocol header gave).
+    pub peer: SocketAddr,
+    /// The listen address it was accepted on, as configured.
+    pub listener: SocketAddr,
+    pub https: bool,
+    /// Held by the connection and by a tunnel it turns into.
+    pub hold: Arc<ConnHold>,
+}
+
+/// What a client connection holds while it lives, tunnel included.
+pub struct ConnHold {
+    /// Tracks tunnels for graceful shutdown.
+    pub tracker: tokio_util::task::TaskTracker,
+    pub _permit: crate::listener::Permit,
+}
+
+/// The outcome of one request, for metrics and the access log.
+pub struct Outcome {
+    pub method: Method,
+    pub uri: http::Uri,
+    pub started: Instant,
+    pub response: Response<ResponseBody>,
+    pub upstream: Option<Arc<Upstream>>,
+    pub server: Option<usize>,
+    pub sticky: Option<&'static str>,
+}
+
+/// Answers one request: proxied, or limpet's own error answer.
+pub async fn handle(snap: Arc<Snapshot>, client: &ClientInfo, req: Request<Incoming>) -> Outcome {
+    let started = Instant::now();
+    let mut out = Outcome {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        started,
+        response: Response::new(ResponseBody::empty()),
+        upstream: None,
+        server: None,
+        sticky: None,
+    };
+    match forward(&snap, client, req, &mut out).await {
+        Ok(resp) => out.response = resp,
+        Err(e) => {
+            if e.is_upstream() {
+                warn!(client = %client.peer, error = %e, "proxy error");
+            } else {
+                debug!(client = %client.peer, error = %e, "request refused");
+            }
+            out.response = e.response();
+        }
+    }
+    if let Some(up) = &out.upstream {
+        up.duration.observe(started.elapsed().as_secs_f64());
+        if let Some(i) = out.server {
+            up.peers[i].state.metrics.record_status(out.response.status().as_u16());
+        }
+    }
+    out
+}
+
+async fn forward(
+    snap: &Snapshot,
+    client: &ClientInfo,
+    mut req: Request<Incoming>,
+    out: &mut Outcome,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let host = request::host(&req)?;
+    let listener = snap.listeners.get(&client.listener).ok_or(ProxyError::NoRoute)?;
+    let site = listener.site(host.as_deref());
+    let route = site.route(req.uri().path()).ok_or(ProxyError::NoRoute)?;
+    let upstream = route.upstream.clone();
+    out.upstream = Some(upstream.clone());
+    let limit = route.location.client_max_body_size;
+    if limit != 0 && request::content_length(&req).is_some_and(|n| n > limit) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    let client_ip = request::client_ip(client, &site.block.trusted_proxies, req.headers());
+    let websocket = request::wants_websocket(&req);
+    let plan = sticky::plan(&upstream, &req, websocket, out)?;
+    let upgrade = websocket.then(|| Upgrade {
+        client: hyper::upgrade::on(&mut req),
+        accept: request::expected_accept(&req),
+    });
+    let hash_key = request::hash_key(&upstream, &req, client_ip);
+    let prepared = request::prepare(req, route, client, client_ip, websocket);
+    let key = match &hash_key {
+        Some(bytes) => PickKey::Bytes(bytes),
+        None => PickKey::Ip(client_ip),
+    };
+    send(route, &upstream, plan, &key, prepared, upgrade, client, out).await
+}
+
+/// The client half of a WebSocket upgrade and the accept value its server must answer.
+struct Upgrade {
+    client: hyper::upgrade::OnUpgrade,
+    accept: Option<String>,
+}
+
+/// Tries servers until one answers: a failed connect moves on to another usable server, up to `retries`.
+async fn send(
+    route: &Route,
+    upstream: &Arc<Upstream>,
+    plan: Plan,
+    key: &PickKey<'_>,
+    mut prepared: Prepared,
+    upgrade: Option<Upgrade>,
+    client: &ClientInfo,
+    out: &mut Outcome,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let loc = &route.location;
+    let target = plan.target;
+    let mut tried: Vec<usize> = Vec::new();
+    loop {
+        let index = match target {
+            Target::Fixed(i) => i,
+            Target::Pick => upstream.pick(key, &tried).ok_or(ProxyError::NoServer)?,
+        };
+        out.server = Some(index);
+        let peer = &upstream.peers[index];
+        let in_flight = InFlight::new(peer.state.clone());
+        let conn = match peer.pool.get(loc.connect_timeout).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                warn!(upstream = %upstream.name(), server = %peer.spec.name, error = %e, "connect failed");
+                peer.state.record_failure(&peer.spec);
+                tried.push(index);
+                if matches!(target, Target::Fixed(_)) {
+                    return Err(sticky::lost_session(upstream, upgrade.is_some(), e.into()));
+                }
+                if tried.len() > upstream.config.retries as usize {
+                    return Err(e.into());
+                }
+                continue;
+            }
+        };
+        match exchange(conn, prepared, loc.read_timeout).await {
+            Exchange::Done(resp, sender) => {
+                peer.state.record_success();
+                let lease = Lease {
+                    upstream: upstream.clone(),
+                    index,
+                    in_flight,
+                    sender,
+                };
+                return respond(route, resp, lease, plan.learn, upgrade, client).await;
+            }
+            Exchange::Stale(req) => prepared = req,
+            Exchange::Failed(e) => {
+                if !matches!(e, ProxyError::BodyTooLarge) {
+                    peer.state.record_failure(&peer.spec);
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+enum Exchange {
+    Done(
+        Response<Incoming>,
+        Option<hyper::client::conn::http1::SendRequest<RequestBody>>,
+    ),
+    /// A pooled connection had closed before the request went out: try again on a fresh one.
+    Stale(Prepared),
+    Failed(ProxyError),
+}
+
+async fn exchange(mut conn: crate::upstream::Conn, prepared: Prepared, read_timeout: Duration) -> Exchange {
+    let reusable = prepared.reusable;
+    let sent = tokio::time::timeout(read_timeout, conn.sender.try_send_request(prepared.request));
+    match sent.await {
+        Ok(Ok(resp)) => Exchange::Done(resp, reusable.then_some(conn.sender)),
+        Ok(Err(mut e)) => match e.take_message() {
+            Some(request) if conn.reused => Exchange::Stale(Prepared { request, reusable }),
+            _ => Exchange::Failed(upstream_error(e.into_error())),
+        },
+        Err(_) => Exchange::Failed(ProxyError::Timeout),
+    }
+}
+
+fn upstream_error(e: hyper::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if let Some(body::BodyError::TooLarge) = s.downcast_ref::<body::BodyError>() {
+            return ProxyError::BodyTooLarge;
+        }
+        source = s.source();
+    }
+    ProxyError::Upstream(e)
+}
+
+/// Turns a server's answer into the client's: tunnel on a valid 101, learn sticky sessions, strip hop headers.
+async fn respond(
+    route: &Route,
+    resp: Response<Incoming>,
+    lease: Lease,
+    learn: Learn,
+    upgrade: Option<Upgrade>,
+    client: &ClientInfo,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(upgrade) = upgrade else {
+            return Err(ProxyError::BadUpgrade("101 to a request that asked for no upgrade"));
+        };
+        return switch_protocols(route, resp, lease, upgrade, client);
+    }
+    let (mut parts, body) = resp.into_parts();
+    let (prefix, body) = sticky::learn(&lease, &parts, body, learn, route.location.read_timeout).await?;
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    let body = UpstreamBody::new(prefix, body, route.location.read_timeout, lease);
+    Ok(Response::from_parts(parts, ResponseBody::Upstream(Box::new(body))))
+}
+
+fn switch_protocols(
+    route: &Route,
+    mut resp: Response<Incoming>,
+    lease: Lease,
+    upgrade: Upgrade,
+    client: &ClientInfo,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    request::check_websocket_accept(&resp, upgrade.accept.as_deref())?;
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let mut client_resp = Response::new(ResponseBody::empty());
+    *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut h = resp.headers().clone();
+    headers::strip_hop_by_hop(&mut h);
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    *client_resp.headers_mut() = h;
+    let idle = route.location.read_timeout;
+    let hold = client.hold.clone();
+    let tunnel = tunnel::run(upgrade.client, upstream_upgrade, idle, lease.in_flight);
+    hold.tracker.clone().spawn(async move {
+        tunnel.await;
+        drop(hold);
+    });
+    Ok(client_resp)
+}

@@ -1,0 +1,185 @@
+//! Sticky routing for `balance = "sid"`: which server a request of an Engine.IO session goes to, and learning
+//! new sessions from the handshake answers servers give.
+
+use bytes::{Bytes, BytesMut};
+use http::header;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::time::Duration;
+
+use super::body::Lease;
+use super::{Outcome, ProxyError};
+use crate::sticky::engineio;
+use crate::upstream::{now_ms, Upstream};
+
+/// Where a request must go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The server of its session: no other will do.
+    Fixed(usize),
+    /// Whichever server the balancer picks.
+    Pick,
+}
+
+/// What to learn from the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learn {
+    No,
+    /// An `io` Set-Cookie, if the server sends one.
+    Cookie,
+    /// A handshake: the open packet in the body (and the cookie).
+    Handshake,
+}
+
+/// Routing decision for a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub target: Target,
+    pub learn: Learn,
+}
+
+const PICK: Plan = Plan {
+    target: Target::Pick,
+    learn: Learn::No,
+};
+
+/// Decides where a request goes; a session whose server is gone gets Engine.IO's "Session ID unknown".
+pub fn plan(upstream: &Upstream, req: &Request<Incoming>, upgrade: bool, out: &mut Outcome) -> Result<Plan, ProxyError> {
+    let Some(table) = &upstream.sessions else {
+        return Ok(PICK);
+    };
+    if !req.uri().path().starts_with(upstream.config.sticky.path.as_str()) {
+        return Ok(PICK);
+    }
+    let query = req.uri().query().unwrap_or("");
+    let raw = engineio::query_sid(query).or_else(|| cookie_sid(req));
+    let Some(sid) = raw.and_then(engineio::decode_sid) else {
+        let learn = if engineio::is_handshake(query) {
+            out.sticky = Some("new");
+            Learn::Handshake
+        } else {
+            Learn::Cookie
+        };
+        return Ok(Plan {
+            target: Target::Pick,
+            learn,
+        });
+    };
+    let now = now_ms();
+    if upstream.config.sticky.sid_prefix {
+        if let Some(index) = sid.split_once('.').and_then(|(route, _)| upstream.index_of_route(route)) {
+            return fixed_or_dead(upstream, index, now, upgrade, out);
+        }
+    }
+    match table.lookup(&sid) {
+        Some(id) => match upstream.index_of(id) {
+            Some(index) if upstream.peers[index].alive(now) => {
+                upstream.lookups.hit.inc();
+                out.sticky = Some("hit");
+                Ok(Plan {
+                    target: Target::Fixed(index),
+                    learn: Learn::Cookie,
+                })
+            }
+            _ => {
+                table.forget(&sid);
+                upstream.lookups.dead.inc();
+                out.sticky = Some("dead");
+                Err(ProxyError::SessionUnknown { upgrade })
+            }
+        },
+        None => {
+            upstream.lookups.miss.inc();
+            out.sticky = Some("miss");
+            Ok(Plan {
+                target: Target::Pick,
+                learn: Learn::Cookie,
+            })
+        }
+    }
+}
+
+fn fixed_or_dead(upstream: &Upstream, index: usize, now: u64, upgrade: bool, out: &mut Outcome) -> Result<Plan, ProxyError> {
+    if upstream.peers[index].alive(now) {
+        upstream.lookups.hit.inc();
+        out.sticky = Some("hit");
+        Ok(Plan {
+            target: Target::Fixed(index),
+            learn: Learn::No,
+        })
+    } else {
+        upstream.lookups.dead.inc();
+        out.sticky = Some("dead");
+        Err(ProxyError::SessionUnknown { upgrade })
+    }
+}
+
+fn cookie_sid(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(engineio::cookie_sid)
+}
+
+/// A session pinned to a server that could not be reached is lost: tell the client at once, as Engine.IO would.
+pub fn lost_session(upstream: &Upstream, upgrade: bool, error: ProxyError) -> ProxyError {
+    if upstream.sessions.is_some() {
+        ProxyError::SessionUnknown { upgrade }
+    } else {
+        error
+    }
+}
+
+/// Learns the session a server just opened or confirmed. For a handshake, reads (at most
+/// `HANDSHAKE_PEEK_LIMIT` bytes of) the open packet, which is returned to be sent on ahead of the rest.
+pub async fn learn(
+    lease: &Lease,
+    parts: &http::response::Parts,
+    body: Incoming,
+    learn: Learn,
+    read_timeout: Duration,
+) -> Result<(Option<Bytes>, Incoming), ProxyError> {
+    let upstream = &lease.upstream;
+    let Some(table) = upstream.sessions.as_ref().filter(|_| learn != Learn::No) else {
+        return Ok((None, body));
+    };
+    let peer = &upstream.peers[lease.index];
+    let cookie = parts
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(engineio::set_cookie_sid)
+        .and_then(engineio::decode_sid);
+    if learn == Learn::Cookie || parts.status != StatusCode::OK {
+        if let Some(sid) = cookie {
+            table.learn(&sid, peer.state.id);
+        }
+        return Ok((None, body));
+    }
+    let (prefix, body) = peek_open_packet(body, read_timeout).await?;
+    if let Some(sid) = engineio::handshake_sid(&prefix).map(std::borrow::Cow::Borrowed).or(cookie) {
+        table.learn(&sid, peer.state.id);
+        peer.state.metrics.sticky_learned.inc();
+    }
+    Ok((Some(prefix), body))
+}
+
+/// Reads the start of a body until it holds a complete open packet, ends, or passes the peek limit.
+async fn peek_open_packet(mut body: Incoming, read_timeout: Duration) -> Result<(Bytes, Incoming), ProxyError> {
+    let mut buf = BytesMut::new();
+    while buf.len() < engineio::HANDSHAKE_PEEK_LIMIT && engineio::handshake_sid(&buf).is_none() {
+        let frame = match tokio::time::timeout(read_timeout, body.frame()).await {
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ProxyError::Upstream(e)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok((buf.freeze(), body))
+}

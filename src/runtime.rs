@@ -1,0 +1,281 @@
+//! The runtime snapshot built from a config, and the state carried from one snapshot to the next.
+//!
+//! A reload builds a new [`Snapshot`] off the request path and swaps it in whole; requests in flight finish on the
+//! one they started with. Per-server state and sticky tables live in the [`Carry`] and outlive snapshots.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::config::{Balance, Config, Location, Problem, ServerBlock};
+use crate::tls;
+use crate::metrics::ServerMetrics;
+use crate::sticky::table::SessionTable;
+use crate::upstream::{ServerId, ServerState, Upstream};
+
+/// A location with its upstream resolved.
+pub struct Route {
+    pub location: Location,
+    pub upstream: Arc<Upstream>,
+}
+
+/// A `[[server]]` block with its routes, longest prefix first.
+pub struct Site {
+    pub block: ServerBlock,
+    pub routes: Vec<Route>,
+}
+
+impl Site {
+    /// The route of the longest location prefix matching `path`.
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| path.starts_with(r.location.path.as_str()))
+    }
+
+    fn serves_host(&self, host: &str) -> bool {
+        self.block.server_name.iter().any(|name| host_matches(name, host))
+    }
+}
+
+/// nginx-style name match: exact, `*.example.com`, or `.example.com` (the domain and its subdomains).
+fn host_matches(pattern: &str, host: &str) -> bool {
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        host.len() > suffix.len() && ends_with_ignore_case(host, suffix)
+    } else if let Some(domain) = pattern.strip_prefix('.') {
+        host.eq_ignore_ascii_case(domain) || ends_with_ignore_case(host, pattern)
+    } else {
+        host.eq_ignore_ascii_case(pattern)
+    }
+}
+
+fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
+    s.len() >= suffix.len() && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+/// The sites sharing one listen address.
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub sites: Vec<Arc<Site>>,
+    /// TLS settings when the sites here terminate TLS (SNI picks the certificate).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Listener {
+    /// The site for a Host (port stripped): the first whose `server_name` matches, else the first without names,
+    /// else the first.
+    pub fn site(&self, host: Option<&str>) -> &Arc<Site> {
+        let by_name = host.and_then(|h| self.sites.iter().find(|s| s.serves_host(h)));
+        by_name
+            .or_else(|| self.sites.iter().find(|s| s.block.server_name.is_empty()))
+            .unwrap_or(&self.sites[0])
+    }
+
+    /// Settings of the connection layer (TLS, PROXY protocol, timeouts), shared by every site here.
+    pub fn block(&self) -> &ServerBlock {
+        &self.sites[0].block
+    }
+}
+
+/// Everything a request needs, built from one config.
+pub struct Snapshot {
+    pub config: Config,
+    pub listeners: HashMap<SocketAddr, Arc<Listener>>,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+}
+
+impl Snapshot {
+    /// The upstream of this name.
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(name)
+    }
+}
+
+/// State that outlives snapshots: per-server state by (upstream, address) and sticky tables by upstream.
+#[derive(Default)]
+pub struct Carry {
+    servers: Mutex<HashMap<(String, String), Arc<ServerState>>>,
+    by_id: Arc<RwLock<HashMap<ServerId, Arc<ServerState>>>>,
+    tables: Mutex<HashMap<String, Arc<SessionTable>>>,
+    next_id: Mutex<ServerId>,
+}
+
+impl Carry {
+    /// Builds a snapshot, reusing state for servers and upstreams that were there before and dropping the rest.
+    pub fn build(&self, config: Config, mut tls: TlsConfigs) -> Snapshot {
+        let mut keep_servers = HashSet::new();
+        let mut upstreams = BTreeMap::new();
+        for (name, up) in &config.upstreams {
+            let states: Vec<Arc<ServerState>> = up
+                .servers
+                .iter()
+                .map(|s| {
+                    keep_servers.insert((name.clone(), s.name.clone()));
+                    self.server_state(name, &s.name, up.health_check.is_some())
+                })
+                .collect();
+            let table = (up.balance == Balance::Sid).then(|| self.table(name, up));
+            upstreams.insert(name.clone(), Arc::new(Upstream::new(up.clone(), states, table)));
+        }
+        self.prune(&keep_servers, &upstreams);
+        let listeners = listeners(&config, &upstreams, &mut tls);
+        Snapshot {
+            config,
+            listeners,
+            upstreams,
+        }
+    }
+
+    fn server_state(&self, upstream: &str, name: &str, checked: bool) -> Arc<ServerState> {
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (upstream.to_string(), name.to_string());
+        if let Some(s) = servers.get(&key) {
+            return s.clone();
+        }
+        let id = {
+            let mut next = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
+            *next += 1;
+            *next
+        };
+        let state = Arc::new(ServerState::new(id, upstream, name));
+        if checked {
+            // Active checks admit a new server after its first pass.
+            state.set_health(crate::upstream::Health::Checking);
+        }
+        servers.insert(key, state.clone());
+        self.by_id
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, state.clone());
+        state
+    }
+
+    fn table(&self, name: &str, up: &crate::config::Upstream) -> Arc<SessionTable> {
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = tables.get(name) {
+            t.set_limits(up.sticky.session_ttl, up.sticky.max_sessions);
+            return t.clone();
+        }
+        let by_id = self.by_id.clone();
+        let on_count = Arc::new(move |id: ServerId, delta: i64| {
+            if let Some(s) = by_id.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+                s.metrics.sticky_sessions.add(delta);
+            }
+        });
+        let table = Arc::new(SessionTable::new(up.sticky.session_ttl, up.sticky.max_sessions, on_count));
+        tables.insert(name.to_string(), table.clone());
+        table
+    }
+
+    /// Drops state of servers and tables that left the config, and sticky entries of removed servers.
+    fn prune(&self, keep: &HashSet<(String, String)>, upstreams: &BTreeMap<String, Arc<Upstream>>) {
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        tables.retain(|name, _| upstreams.get(name).is_some_and(|u| u.sessions.is_some()));
+        for up in upstreams.values() {
+            if let Some(t) = &up.sessions {
+                let ids: HashSet<ServerId> = up.peers.iter().map(|p| p.state.id).collect();
+                t.retain_servers(|id| ids.contains(&id));
+            }
+        }
+        let removed: Vec<_> = servers.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+        let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
+        for key in removed {
+            if let Some(s) = servers.remove(&key) {
+                by_id.remove(&s.id);
+                ServerMetrics::remove(&key.0, &key.1);
+            }
+        }
+    }
+}
+
+fn listeners(
+    config: &Config,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    tls: &mut TlsConfigs,
+) -> HashMap<SocketAddr, Arc<Listener>> {
+    let mut sites_by_addr: HashMap<SocketAddr, Vec<Arc<Site>>> = HashMap::new();
+    for block in &config.servers {
+        let routes = block
+            .locations
+            .iter()
+            .filter_map(|l| {
+                upstreams.get(&l.proxy_pass).map(|u| Route {
+                    location: l.clone(),
+                    upstream: u.clone(),
+                })
+            })
+            .collect();
+        let site = Arc::new(Site {
+            block: block.clone(),
+            routes,
+        });
+        for addr in &block.listen {
+            sites_by_addr.entry(*addr).or_default().push(site.clone());
+        }
+    }
+    sites_by_addr
+        .into_iter()
+        .map(|(addr, sites)| {
+            let tls = tls.remove(&addr);
+            (addr, Arc::new(Listener { addr, sites, tls }))
+        })
+        .collect()
+}
+
+/// TLS server settings by listen address.
+pub type TlsConfigs = HashMap<SocketAddr, Arc<rustls::ServerConfig>>;
+
+/// Loads the certificates of every TLS listener; a missing or mismatched pair is a problem with its key path.
+pub fn tls_configs(config: &Config) -> Result<TlsConfigs, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut entries: HashMap<SocketAddr, Vec<(Vec<String>, Arc<rustls::sign::CertifiedKey>)>> = HashMap::new();
+    for (i, block) in config.servers.iter().enumerate() {
+        let Some(files) = &block.tls else { continue };
+        let files = tls::TlsFiles {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+        };
+        match tls::load_certified_key(&files) {
+            Ok(key) => {
+                for addr in &block.listen {
+                    entries.entry(*addr).or_default().push((block.server_name.clone(), key.clone()));
+                }
+            }
+            Err(e) => problems.push(Problem {
+                path: format!("server[{i}].tls"),
+                message: e.to_string(),
+            }),
+        }
+    }
+    let mut out = HashMap::new();
+    for (addr, list) in entries {
+        match tls::server_config(list) {
+            Ok(c) => {
+                out.insert(addr, c);
+            }
+            Err(e) => problems.push(Problem {
+                path: format!("server (listen {addr}).tls"),
+                message: e.to_string(),
+            }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_matches;
+
+    #[test]
+    fn server_names_match_like_nginx() {
+        assert!(host_matches("example.com", "EXAMPLE.com"));
+        assert!(!host_matches("example.com", "www.example.com"));
+        assert!(host_matches("*.example.com", "www.example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(host_matches(".example.com", "example.com"));
+        assert!(host_matches(".example.com", "a.b.example.com"));
+    }
+}

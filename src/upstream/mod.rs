@@ -1,0 +1,168 @@
+//! Upstream groups at run time: their servers with live state, balancers over primaries and backups, and the pick.
+
+pub mod pool;
+pub mod state;
+
+use std::sync::Arc;
+
+use crate::balance::{Balancer, Candidate, Method, PickKey, ServerView};
+use crate::config::{self, Balance};
+use crate::metrics::metrics;
+use crate::sticky::table::SessionTable;
+use prometheus::{Histogram, IntCounter};
+pub use pool::{Conn, ConnectError, Pool};
+pub use state::{now_ms, Health, InFlight, ServerId, ServerState};
+
+/// One server of an upstream: its config, its carried-over state and its idle connections.
+pub struct Peer {
+    pub spec: config::ServerSpec,
+    pub state: Arc<ServerState>,
+    pub pool: Arc<Pool>,
+}
+
+impl Peer {
+    pub fn usable(&self, now: u64) -> bool {
+        self.state.usable(&self.spec, now)
+    }
+
+    pub fn alive(&self, now: u64) -> bool {
+        self.state.alive(&self.spec, now)
+    }
+}
+
+/// Sticky lookup counters of one upstream.
+pub struct Lookups {
+    pub hit: IntCounter,
+    pub miss: IntCounter,
+    pub dead: IntCounter,
+}
+
+impl Lookups {
+    fn new(upstream: &str) -> Lookups {
+        let c = |r: &str| metrics().sticky_lookups.with_label_values(&[upstream, r]);
+        Lookups {
+            hit: c("hit"),
+            miss: c("miss"),
+            dead: c("dead"),
+        }
+    }
+}
+
+/// A runtime upstream group.
+pub struct Upstream {
+    pub config: config::Upstream,
+    pub peers: Vec<Peer>,
+    /// The method new requests and new sessions are placed by (the sticky fallback for `sid`).
+    pub method: Method,
+    /// The sid table, for `balance = "sid"`.
+    pub sessions: Option<Arc<SessionTable>>,
+    /// Sticky lookups by result.
+    pub lookups: Lookups,
+    /// Request durations.
+    pub duration: Histogram,
+    primaries: Vec<usize>,
+    backups: Vec<usize>,
+    primary: Balancer,
+    backup: Balancer,
+}
+
+/// Balancer method for a config method (sid places new sessions with its fallback).
+pub fn method_of(balance: Balance, fallback: Balance) -> Method {
+    match if balance == Balance::Sid { fallback } else { balance } {
+        Balance::RoundRobin | Balance::Sid => Method::RoundRobin,
+        Balance::LeastConn => Method::LeastConn,
+        Balance::IpHash => Method::IpHash,
+        Balance::Hash => Method::Hash,
+    }
+}
+
+/// The servers of one set (primaries or backups) as a balancer sees them.
+struct View<'a> {
+    peers: &'a [Peer],
+    set: &'a [usize],
+    tried: &'a [usize],
+    now: u64,
+}
+
+impl ServerView for View<'_> {
+    fn usable(&self, index: usize) -> bool {
+        let p = self.set[index];
+        !self.tried.contains(&p) && self.peers[p].usable(self.now)
+    }
+
+    fn load(&self, index: usize) -> u64 {
+        self.peers[self.set[index]].state.active()
+    }
+}
+
+impl Upstream {
+    /// Builds the runtime group from its config and the servers' carried-over state (same order as the config).
+    pub fn new(
+        config: config::Upstream,
+        states: Vec<Arc<ServerState>>,
+        sessions: Option<Arc<SessionTable>>,
+    ) -> Upstream {
+        let peers: Vec<Peer> = config
+            .servers
+            .iter()
+            .zip(states)
+            .map(|(spec, state)| Peer {
+                pool: Arc::new(Pool::new(spec.addr, config.keepalive)),
+                spec: spec.clone(),
+                state,
+            })
+            .collect();
+        let (backups, primaries): (Vec<usize>, Vec<usize>) = (0..peers.len()).partition(|&i| peers[i].spec.backup);
+        let candidates = |set: &[usize]| -> Vec<Candidate> {
+            set.iter()
+                .map(|&i| Candidate {
+                    weight: peers[i].spec.weight,
+                    key: peers[i].spec.name.clone(),
+                })
+                .collect()
+        };
+        let method = method_of(config.balance, config.sticky.fallback);
+        Upstream {
+            primary: Balancer::new(method, &candidates(&primaries)),
+            backup: Balancer::new(method, &candidates(&backups)),
+            primaries,
+            backups,
+            method,
+            lookups: Lookups::new(&config.name),
+            duration: metrics().duration(&config.name),
+            sessions,
+            peers,
+            config,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Picks a server for a new request or session: primaries first, backups only while no primary is usable.
+    /// `tried` holds servers already attempted for this request.
+    pub fn pick(&self, key: &PickKey<'_>, tried: &[usize]) -> Option<usize> {
+        let now = now_ms();
+        let view = |set| View {
+            peers: &self.peers,
+            set,
+            tried,
+            now,
+        };
+        self.primary
+            .pick(key, &view(&self.primaries))
+            .map(|i| self.primaries[i])
+            .or_else(|| self.backup.pick(key, &view(&self.backups)).map(|i| self.backups[i]))
+    }
+
+    /// Index of the server with this stable id, if it is still in the group.
+    pub fn index_of(&self, id: ServerId) -> Option<usize> {
+        self.peers.iter().position(|p| p.state.id == id)
+    }
+
+    /// Index of the server whose `route` is `route`.
+    pub fn index_of_route(&self, route: &str) -> Option<usize> {
+        self.peers.iter().position(|p| p.spec.route == route)
+    }
+}

@@ -1,0 +1,253 @@
+//! Per-server mutable state: health, passive failures, drain, in-flight counts. All atomics, carried across
+//! reloads for servers whose address is unchanged.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::ServerSpec;
+use crate::metrics::ServerMetrics;
+
+/// Stable identity of a server across reloads (what the sticky table stores).
+pub type ServerId = u32;
+
+/// What active health checks last said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    Down,
+    /// Active checks are configured and have not passed yet.
+    Checking,
+}
+
+/// A runtime override of the config's `drain` key, set through the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOverride {
+    None,
+    Drain,
+    Undrain,
+}
+
+/// Milliseconds since the process's time base (tokio's clock, so paused-time tests work).
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    Instant::now().saturating_duration_since(epoch).as_millis() as u64 + 1
+}
+
+/// The live state of one server of one upstream.
+pub struct ServerState {
+    pub id: ServerId,
+    pub upstream: String,
+    pub name: String,
+    pub metrics: ServerMetrics,
+    health: AtomicU8,
+    drain: AtomicU8,
+    fails: AtomicU32,
+    window_start_ms: AtomicU64,
+    down_until_ms: AtomicU64,
+}
+
+impl ServerState {
+    pub fn new(id: ServerId, upstream: &str, name: &str) -> ServerState {
+        ServerState {
+            id,
+            upstream: upstream.to_string(),
+            name: name.to_string(),
+            metrics: ServerMetrics::new(upstream, name),
+            health: AtomicU8::new(Health::Up as u8),
+            drain: AtomicU8::new(DrainOverride::None as u8),
+            fails: AtomicU32::new(0),
+            window_start_ms: AtomicU64::new(0),
+            down_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests and tunnels in flight right now.
+    pub fn active(&self) -> u64 {
+        self.metrics.active.get().max(0) as u64
+    }
+
+    pub fn health(&self) -> Health {
+        match self.health.load(Relaxed) {
+            0 => Health::Up,
+            1 => Health::Down,
+            _ => Health::Checking,
+        }
+    }
+
+    /// Sets the health state; returns whether it changed.
+    pub fn set_health(&self, h: Health) -> bool {
+        let code = match h {
+            Health::Up => 0,
+            Health::Down => 1,
+            Health::Checking => 2,
+        };
+        self.health.swap(code, Relaxed) != code
+    }
+
+    pub fn drain_override(&self) -> DrainOverride {
+        match self.drain.load(Relaxed) {
+            1 => DrainOverride::Drain,
+            2 => DrainOverride::Undrain,
+            _ => DrainOverride::None,
+        }
+    }
+
+    pub fn set_drain_override(&self, d: DrainOverride) {
+        self.drain.store(d as u8, Relaxed);
+    }
+
+    /// Is the server draining (config or admin API)?
+    pub fn draining(&self, spec: &ServerSpec) -> bool {
+        match self.drain_override() {
+            DrainOverride::Drain => true,
+            DrainOverride::Undrain => false,
+            DrainOverride::None => spec.drain,
+        }
+    }
+
+    /// Marked down by passive failure accounting until some moment after `now`?
+    pub fn passively_down(&self, now: u64) -> bool {
+        now < self.down_until_ms.load(Relaxed)
+    }
+
+    /// Alive: can serve requests at all (sessions it holds included). Not `down`, health Up, not passively down.
+    pub fn alive(&self, spec: &ServerSpec, now: u64) -> bool {
+        !spec.down && self.health() == Health::Up && !self.passively_down(now)
+    }
+
+    /// Usable: alive, not draining and under `max_conns`: may take a new request or session.
+    pub fn usable(&self, spec: &ServerSpec, now: u64) -> bool {
+        self.alive(spec, now)
+            && !self.draining(spec)
+            && (spec.max_conns == 0 || self.active() < u64::from(spec.max_conns))
+    }
+
+    /// Counts a failed attempt (nginx `max_fails` within `fail_timeout`); returns true when it marks the server down.
+    pub fn record_failure(&self, spec: &ServerSpec) -> bool {
+        if spec.max_fails == 0 {
+            return false;
+        }
+        let now = now_ms();
+        let window = spec.fail_timeout.as_millis() as u64;
+        let fails = if now.saturating_sub(self.window_start_ms.load(Relaxed)) > window {
+            self.window_start_ms.store(now, Relaxed);
+            self.fails.store(1, Relaxed);
+            1
+        } else {
+            self.fails.fetch_add(1, Relaxed) + 1
+        };
+        if fails < spec.max_fails {
+            return false;
+        }
+        self.fails.store(0, Relaxed);
+        self.down_until_ms.store(now + window, Relaxed);
+        true
+    }
+
+    /// A success ends the current failure window.
+    pub fn record_success(&self) {
+        if self.fails.load(Relaxed) != 0 {
+            self.fails.store(0, Relaxed);
+        }
+    }
+
+    /// Clears a passive mark (an active check passed).
+    pub fn clear_passive(&self) {
+        self.down_until_ms.store(0, Relaxed);
+        self.fails.store(0, Relaxed);
+    }
+
+    /// Time left of a passive mark, if any.
+    pub fn passive_remaining(&self) -> Option<Duration> {
+        let left = self.down_until_ms.load(Relaxed).saturating_sub(now_ms());
+        (left > 0).then(|| Duration::from_millis(left))
+    }
+}
+
+/// An in-flight request or tunnel on a server: counted while it lives (least_conn, max_conns, the gauge).
+pub struct InFlight {
+    state: Arc<ServerState>,
+}
+
+impl InFlight {
+    pub fn new(state: Arc<ServerState>) -> InFlight {
+        state.metrics.active.inc();
+        InFlight { state }
+    }
+
+    pub fn state(&self) -> &Arc<ServerState> {
+        &self.state
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.metrics.active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(max_fails: u32) -> ServerSpec {
+        ServerSpec {
+            name: "127.0.0.1:1".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            weight: 1,
+            max_fails,
+            fail_timeout: Duration::from_secs(10),
+            max_conns: 0,
+            backup: false,
+            down: false,
+            drain: false,
+            route: String::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_fails_within_fail_timeout_marks_down_for_fail_timeout() {
+        let s = ServerState::new(1, "t_passive", "a");
+        let sp = spec(2);
+        assert!(!s.record_failure(&sp));
+        assert!(s.record_failure(&sp));
+        assert!(!s.alive(&sp, now_ms()));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(s.alive(&sp, now_ms()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_outside_the_window_do_not_add_up() {
+        let s = ServerState::new(2, "t_passive", "b");
+        let sp = spec(2);
+        assert!(!s.record_failure(&sp));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!s.record_failure(&sp));
+        assert!(s.alive(&sp, now_ms()));
+    }
+
+    #[test]
+    fn max_fails_zero_never_marks_down() {
+        let s = ServerState::new(3, "t_passive", "c");
+        let sp = spec(0);
+        for _ in 0..10 {
+            assert!(!s.record_failure(&sp));
+        }
+        assert!(s.alive(&sp, now_ms()));
+    }
+
+    #[test]
+    fn in_flight_guard_counts() {
+        let s = Arc::new(ServerState::new(4, "t_passive", "d"));
+        let a = InFlight::new(s.clone());
+        let b = InFlight::new(s.clone());
+        assert_eq!(s.active(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(s.active(), 0);
+    }
+}
