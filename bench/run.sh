@@ -147,6 +147,17 @@ forget_pid() {
     PIDS=("${keep[@]}")
 }
 
+# run_waited CMD...: run CMD in the background and wait for it, so INT/TERM stop the bench at once.
+run_waited() {
+    local pid rc=0
+    "$@" &
+    pid=$!
+    PIDS+=("$pid")
+    wait "$pid" || rc=$?
+    forget_pid "$pid"
+    return "$rc"
+}
+
 stop_pid() {
     local pid=$1 i
     if kill "$pid" 2>/dev/null; then
@@ -234,12 +245,11 @@ nginx_worker() {
     return 1
 }
 
-# start_proxy NAME: sets PROXY_MAIN (started), PROXY_PID (measured), PROXY_PORT, PROXY_DIR.
+# start_proxy NAME: sets PROXY_MAIN (started), PROXY_PID (measured), PROXY_PORT.
 start_proxy() {
     local name=$1 dir
     dir=$(mktemp -d "$WORK/$name.XXXXXX")
     chmod 755 "$dir"
-    PROXY_DIR=$dir
     PROXY_PORT=$(free_port)
     case $name in
         limpet)
@@ -260,9 +270,6 @@ start_proxy() {
     PROXY_MAIN=$!
     PIDS+=("$PROXY_MAIN")
     if ! wait_http "$PROXY_PORT" 15 "$PROXY_MAIN"; then
-        if [[ $name == limpet ]]; then
-            say "limpet: not built (the binary does not serve the bench config yet)"
-        fi
         say "bench: $name did not answer GET / on 127.0.0.1:$PROXY_PORT; its log:"
         tail -n 20 "$dir/out.log" "$dir"/error.log 2>/dev/null >&2 || true
         stop_pid "$PROXY_MAIN"
@@ -282,7 +289,7 @@ run_wrk() {
     shift 3
     out=$WORK/$proxy.$key.$ROUND.wrk
     t0=$(cpu_ticks "$PROXY_PID")
-    taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" \
+    run_waited taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" \
         "http://127.0.0.1:$PROXY_PORT$path" >"$out" 2>&1 || true
     t1=$(cpu_ticks "$PROXY_PID")
     read -r reqs rps p50 p99 errs non2xx < <(awk '
@@ -321,7 +328,7 @@ run_ws_echo() {
     local proxy=$1 out t0 t1 msgs rate p50 p99 errors
     out=$WORK/$proxy.ws.$ROUND.json
     t0=$(cpu_ticks "$PROXY_PID")
-    taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --conns "$CONNS" \
+    run_waited taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --conns "$CONNS" \
         --duration "${DURATION}s" --size "$WS_MSG_BYTES" >"$out" 2>"$out.err" || true
     t1=$(cpu_ticks "$PROXY_PID")
     if ! read -r msgs rate p50 p99 errors < <(python3 -c '
@@ -349,7 +356,7 @@ run_idle() {
     out=$WORK/$proxy.idle$n.out
     fifo=$WORK/$proxy.idle$n.fifo
     # Warm the proxy (buffers, pools, lazily built state) so the baseline holds no first-use cost.
-    taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --conns "$CONNS" --duration 1s \
+    run_waited taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --conns "$CONNS" --duration 1s \
         >/dev/null 2>&1 || true
     sleep 0.5
     before=$(rss_kib "$PROXY_PID")
@@ -367,7 +374,7 @@ run_idle() {
         line=$(grep -m1 '^OPEN ' "$out")
         read -r _ opened _ <<<"$line"
         if [[ $line == *" LIMIT "* || $line == *" ERROR "* ]]; then
-            note "$proxy idle: stopped at $opened of $n connections: ${line#OPEN $opened }"
+            note "$proxy idle: stopped at $opened of $n connections: ${line#OPEN "$opened" }"
         fi
         if ((opened > 0)); then
             record "$proxy" "idle${slot}_kib" "$(calc "($after - $before) / $opened")"
@@ -402,7 +409,7 @@ start_all() {
         P_PORT[$p]=$PROXY_PORT
         version_of "$p" >>"$WORK/versions.txt"
         # One second of traffic first, so every proxy starts the measured runs with warm pools.
-        taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$PROXY_PORT/" >/dev/null 2>&1 || true
+        run_waited taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$PROXY_PORT/" >/dev/null 2>&1 || true
         up+=("$p")
     done
     RUN=("${up[@]}")
@@ -447,8 +454,8 @@ idle_runs() {
 version_of() {
     case $1 in
         limpet) printf 'limpet %s\n' "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '(no commit)')" ;;
-        nginx) nginx -v 2>&1 | head -n 1 ;;
-        haproxy) haproxy -v 2>/dev/null | head -n 1 | cut -d' ' -f1-3 ;;
+        nginx) nginx -v 2>&1 | awk 'NR == 1' ;;
+        haproxy) haproxy -v 2>/dev/null | awk 'NR == 1 { print $1, $2, $3 }' ;;
     esac
 }
 

@@ -40,7 +40,8 @@ impl AccessLog {
     /// Waits until queued lines are written (best effort, at shutdown).
     pub async fn flush(&self) {
         if let Some(tx) = &self.tx {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tx.reserve_many(QUEUE)).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tx.reserve_many(QUEUE))
+                .await;
         }
     }
 }
@@ -54,7 +55,10 @@ fn open_file(path: &PathBuf) -> Result<tokio::fs::File, String> {
         .map_err(|e| format!("cannot open access_log {}: {e}", path.display()))
 }
 
-async fn write_lines(mut rx: mpsc::Receiver<String>, mut out: Box<dyn tokio::io::AsyncWrite + Send + Unpin>) {
+async fn write_lines(
+    mut rx: mpsc::Receiver<String>,
+    mut out: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+) {
     let mut batch = String::new();
     while let Some(first) = rx.recv().await {
         batch.clear();

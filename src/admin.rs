@@ -41,7 +41,9 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(route(&app, req).await) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -57,7 +59,9 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
             Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
         },
         (&Method::POST, p) if p.starts_with("/servers/") => drain(app, p),
-        (_, "/metrics" | "/healthz" | "/status" | "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        (_, "/metrics" | "/healthz" | "/status" | "/reload") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -65,16 +69,20 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
 fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
     let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -152,7 +160,10 @@ fn status(app: &App) -> serde_json::Value {
 fn drain(app: &App, path: &str) -> AdminResponse {
     let parts: Vec<&str> = path.trim_start_matches("/servers/").split('/').collect();
     let [upstream, addr, action] = parts.as_slice() else {
-        return text(StatusCode::NOT_FOUND, "use /servers/{upstream}/{addr}/drain or /undrain\n");
+        return text(
+            StatusCode::NOT_FOUND,
+            "use /servers/{upstream}/{addr}/drain or /undrain\n",
+        );
     };
     let how = match *action {
         "drain" => DrainOverride::Drain,
@@ -164,9 +175,15 @@ fn drain(app: &App, path: &str) -> AdminResponse {
         .upstream(upstream)
         .and_then(|u| u.peers.iter().find(|p| p.spec.name == *addr))
     else {
-        return text(StatusCode::NOT_FOUND, format!("no server {addr} in upstream {upstream}\n"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no server {addr} in upstream {upstream}\n"),
+        );
     };
     peer.state.set_drain_override(how);
     info!(upstream = %upstream, server = %addr, action = %action, "admin drain");
-    text(StatusCode::OK, format!("{action}ed {upstream}/{addr}\n").replace("draineded", "drained"))
+    text(
+        StatusCode::OK,
+        format!("{action}ed {upstream}/{addr}\n").replace("draineded", "drained"),
+    )
 }

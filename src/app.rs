@@ -46,18 +46,30 @@ pub enum ApplyError {
 
 impl App {
     /// Builds the first snapshot and binds every listener; fails without side effects worth undoing.
-    pub async fn start(config_path: PathBuf, loaded: config::Loaded) -> Result<(Arc<App>, Option<TcpListener>), ApplyError> {
+    pub async fn start(
+        config_path: PathBuf,
+        loaded: config::Loaded,
+    ) -> Result<(Arc<App>, Option<TcpListener>), ApplyError> {
         let tls = runtime::tls_configs(&loaded.config).map_err(|p| problems(&config_path, p))?;
         let carry = Carry::default();
         let admin = match &loaded.config.admin {
-            Some(a) => Some(crate::listener::bind(a.listen).map_err(|e| ApplyError::Bind(format!("cannot listen on {} (admin.listen): {e}", a.listen)))?),
+            Some(a) => Some(crate::listener::bind(a.listen).map_err(|e| {
+                ApplyError::Bind(format!("cannot listen on {} (admin.listen): {e}", a.listen))
+            })?),
             None => None,
         };
         let listeners = Listeners::default();
         let bound = listeners
-            .bind_new(loaded.config.servers.iter().flat_map(|s| s.listen.iter().copied()))
+            .bind_new(
+                loaded
+                    .config
+                    .servers
+                    .iter()
+                    .flat_map(|s| s.listen.iter().copied()),
+            )
             .map_err(ApplyError::Bind)?;
-        let access_log = AccessLog::open(&loaded.config.global.access_log).map_err(ApplyError::Bind)?;
+        let access_log =
+            AccessLog::open(&loaded.config.global.access_log).map_err(ApplyError::Bind)?;
         let snapshot = carry.build(loaded.config, tls);
         let app = Arc::new(App {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -126,15 +138,24 @@ impl App {
         for w in &loaded.warnings {
             warn!("config: {w}");
         }
-        let tls = runtime::tls_configs(&loaded.config).map_err(|p| problems(&self.config_path, p))?;
+        let tls =
+            runtime::tls_configs(&loaded.config).map_err(|p| problems(&self.config_path, p))?;
         let old = self.snapshot();
         if let (Some(a), Some(b)) = (&old.config.admin, &loaded.config.admin) {
             if a.listen != b.listen {
                 warn!("admin.listen changes take effect on restart");
             }
         }
-        let wanted: Vec<SocketAddr> = loaded.config.servers.iter().flat_map(|s| s.listen.iter().copied()).collect();
-        let bound = self.lock_listeners().bind_new(wanted.iter().copied()).map_err(ApplyError::Bind)?;
+        let wanted: Vec<SocketAddr> = loaded
+            .config
+            .servers
+            .iter()
+            .flat_map(|s| s.listen.iter().copied())
+            .collect();
+        let bound = self
+            .lock_listeners()
+            .bind_new(wanted.iter().copied())
+            .map_err(ApplyError::Bind)?;
         let access_log = if loaded.config.global.access_log == old.config.global.access_log {
             None
         } else {
@@ -145,7 +166,8 @@ impl App {
         if let Some(log) = access_log {
             self.access_log.store(Arc::new(log));
         }
-        self.lock_listeners().apply(self, bound, &|a| wanted.contains(a));
+        self.lock_listeners()
+            .apply(self, bound, &|a| wanted.contains(a));
         self.start_background();
         Ok(())
     }
@@ -153,7 +175,12 @@ impl App {
     /// (Re)starts the tasks that belong to the current snapshot: health checks and sticky table expiry.
     fn start_background(self: &Arc<Self>) {
         let (tx, rx) = watch::channel(false);
-        if let Some(old) = self.background.lock().unwrap_or_else(|e| e.into_inner()).replace(tx) {
+        if let Some(old) = self
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(tx)
+        {
             let _ = old.send(true);
         }
         let snap = self.snapshot();
@@ -167,12 +194,23 @@ impl App {
         info!(timeout = %humantime::format_duration(timeout), "shutting down: no longer accepting");
         self.lock_listeners().stop_all();
         let _ = self.stopping.send(true);
-        if let Some(bg) = self.background.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(bg) = self
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             let _ = bg.send(true);
         }
         self.tracker.close();
-        if tokio::time::timeout(timeout, self.tracker.wait()).await.is_err() {
-            warn!(left = self.tracker.len(), "shutdown_timeout reached: closing what is left");
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = self.tracker.len(),
+                "shutdown_timeout reached: closing what is left"
+            );
         }
         self.access_log.load().flush().await;
     }

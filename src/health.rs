@@ -49,7 +49,11 @@ impl Streak {
         if ok {
             self.fails = 0;
             self.passes += 1;
-            let needed = if current == Health::Checking { 1 } else { hc.passes };
+            let needed = if current == Health::Checking {
+                1
+            } else {
+                hc.passes
+            };
             (current != Health::Up && self.passes >= needed).then_some(Health::Up)
         } else {
             self.passes = 0;
@@ -59,12 +63,21 @@ impl Streak {
     }
 }
 
-async fn check_loop(up: Arc<Upstream>, index: usize, hc: HealthCheck, mut stop: watch::Receiver<bool>) {
+async fn check_loop(
+    up: Arc<Upstream>,
+    index: usize,
+    hc: HealthCheck,
+    mut stop: watch::Receiver<bool>,
+) {
     let peer = &up.peers[index];
     let mut streak = Streak::default();
     let mut first = true;
     loop {
-        let wait = if first { jitter(&peer.spec.name, hc.interval) / 4 } else { hc.interval + jitter(&peer.spec.name, hc.interval / 10) };
+        let wait = if first {
+            jitter(&peer.spec.name, hc.interval) / 4
+        } else {
+            hc.interval + jitter(&peer.spec.name, hc.interval / 10)
+        };
         first = false;
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -73,7 +86,11 @@ async fn check_loop(up: Arc<Upstream>, index: usize, hc: HealthCheck, mut stop: 
         let result = check_once(&up, index, &hc).await;
         let ok = result.is_ok();
         let m = &peer.state.metrics;
-        if ok { m.checks_ok.inc() } else { m.checks_fail.inc() };
+        if ok {
+            m.checks_ok.inc()
+        } else {
+            m.checks_fail.inc()
+        };
         if ok {
             peer.state.clear_passive();
         }
@@ -93,7 +110,10 @@ fn apply(up: &Upstream, index: usize, next: Health, reason: Option<String>) {
     match next {
         Health::Up => info!(upstream = %up.name(), server = %peer.spec.name, "server is up"),
         _ => {
-            let dropped = up.sessions.as_ref().map_or(0, |t| t.forget_server(peer.state.id));
+            let dropped = up
+                .sessions
+                .as_ref()
+                .map_or(0, |t| t.forget_server(peer.state.id));
             warn!(upstream = %up.name(), server = %peer.spec.name, reason = %reason.unwrap_or_default(), sessions_dropped = dropped, "server is down");
         }
     }
@@ -117,9 +137,12 @@ fn jitter(name: &str, span: Duration) -> Duration {
 async fn check_once(up: &Upstream, index: usize, hc: &HealthCheck) -> Result<(), String> {
     let peer = &up.peers[index];
     let host = hc.host.clone().unwrap_or_else(|| peer.spec.name.clone());
-    let (status, body) = tokio::time::timeout(hc.timeout, get(peer.spec.addr, &host, Method::GET, &hc.path, Bytes::new()))
-        .await
-        .map_err(|_| "timed out".to_string())??;
+    let (status, body) = tokio::time::timeout(
+        hc.timeout,
+        get(peer.spec.addr, &host, Method::GET, &hc.path, Bytes::new()),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())??;
     if status < hc.expect_status.0 || status > hc.expect_status.1 {
         return Err(format!("status {status}"));
     }
@@ -137,7 +160,13 @@ fn is_engineio(path: &str) -> bool {
 }
 
 /// Closes the session a check opened: a polling POST of the close packet.
-async fn close_session(addr: std::net::SocketAddr, host: &str, path: &str, sid: &str, timeout: Duration) {
+async fn close_session(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    sid: &str,
+    timeout: Duration,
+) {
     let eio3 = path.contains("EIO=3");
     let body = Bytes::from_static(if eio3 { b"1:1" } else { b"1" });
     let sep = if path.contains('?') { '&' } else { '?' };
@@ -146,8 +175,16 @@ async fn close_session(addr: std::net::SocketAddr, host: &str, path: &str, sid: 
 }
 
 /// A one-off request on a fresh connection: (status, body up to BODY_LIMIT).
-async fn get(addr: std::net::SocketAddr, host: &str, method: Method, path: &str, body: Bytes) -> Result<(u16, Bytes), String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+async fn get(
+    addr: std::net::SocketAddr,
+    host: &str,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<(u16, Bytes), String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -156,13 +193,25 @@ async fn get(addr: std::net::SocketAddr, host: &str, method: Method, path: &str,
     *req.method_mut() = method;
     *req.uri_mut() = path.parse().map_err(|_| "bad check path".to_string())?;
     let h = req.headers_mut();
-    h.insert(header::HOST, HeaderValue::from_str(host).map_err(|_| "bad host")?);
+    h.insert(
+        header::HOST,
+        HeaderValue::from_str(host).map_err(|_| "bad host")?,
+    );
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    h.insert(header::USER_AGENT, HeaderValue::from_static("limpet-health-check"));
+    h.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("limpet-health-check"),
+    );
     if !body.is_empty() {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain;charset=UTF-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain;charset=UTF-8"),
+        );
     }
-    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
     let body = Limited::new(resp.into_body(), BODY_LIMIT)
         .collect()

@@ -24,8 +24,8 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::app::App;
 use crate::proxy::{self, ClientInfo, ConnHold};
-use prometheus::IntGauge;
 use crate::proxy_protocol::{self, ProxyHeader};
+use prometheus::IntGauge;
 
 /// Most headers a request may carry; more is 431.
 const MAX_HEADERS: usize = 100;
@@ -39,7 +39,11 @@ pub enum ClientStream {
 }
 
 impl AsyncRead for ClientStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -48,7 +52,11 @@ impl AsyncRead for ClientStream {
 }
 
 impl AsyncWrite for ClientStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -108,7 +116,10 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds every address of `wanted` not yet listening. On any failure nothing new is kept.
-    pub fn bind_new(&self, wanted: impl Iterator<Item = SocketAddr>) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
+    pub fn bind_new(
+        &self,
+        wanted: impl Iterator<Item = SocketAddr>,
+    ) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
         let mut bound = Vec::new();
         for addr in wanted {
             if self.running.contains_key(&addr) {
@@ -123,7 +134,12 @@ impl Listeners {
     }
 
     /// Starts accept tasks for newly bound sockets and stops those whose address left the config.
-    pub fn apply(&mut self, app: &Arc<App>, bound: Vec<(SocketAddr, TcpListener)>, keep: &dyn Fn(&SocketAddr) -> bool) {
+    pub fn apply(
+        &mut self,
+        app: &Arc<App>,
+        bound: Vec<(SocketAddr, TcpListener)>,
+        keep: &dyn Fn(&SocketAddr) -> bool,
+    ) {
         self.running.retain(|addr, stop| {
             let keep = keep(addr);
             if !keep {
@@ -134,7 +150,10 @@ impl Listeners {
         });
         for (addr, listener) in bound {
             let (tx, rx) = watch::channel(false);
-            let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let local = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             info!(listen = %addr, local = %local, "listening");
             tokio::spawn(accept_loop(app.clone(), addr, listener, rx));
             self.running.insert(addr, tx);
@@ -149,7 +168,12 @@ impl Listeners {
     }
 }
 
-async fn accept_loop(app: Arc<App>, key: SocketAddr, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    app: Arc<App>,
+    key: SocketAddr,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -173,7 +197,9 @@ async fn accept_loop(app: Arc<App>, key: SocketAddr, listener: TcpListener, mut 
 /// Accept errors never stop the server: per-connection ones are skipped, resource exhaustion waits a moment.
 async fn accept_error(e: io::Error) {
     match e.kind() {
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted => {}
+        io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::Interrupted => {}
         _ => {
             warn!(error = %e, "accept failed; pausing");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -181,7 +207,13 @@ async fn accept_error(e: io::Error) {
     }
 }
 
-async fn serve(app: Arc<App>, key: SocketAddr, mut stream: TcpStream, peer: SocketAddr, permit: Permit) {
+async fn serve(
+    app: Arc<App>,
+    key: SocketAddr,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    permit: Permit,
+) {
     let snap = app.snapshot();
     let Some(listener) = snap.listeners.get(&key).cloned() else {
         return;
@@ -230,7 +262,12 @@ async fn serve(app: Arc<App>, key: SocketAddr, mut stream: TcpStream, peer: Sock
     serve_http(app, block, io, client).await;
 }
 
-async fn serve_http(app: Arc<App>, block: &crate::config::ServerBlock, io: ClientStream, client: ClientInfo) {
+async fn serve_http(
+    app: Arc<App>,
+    block: &crate::config::ServerBlock,
+    io: ClientStream,
+    client: ClientInfo,
+) {
     let service_app = app.clone();
     let service = service_fn(move |req| {
         let app = service_app.clone();
@@ -248,7 +285,9 @@ async fn serve_http(app: Arc<App>, block: &crate::config::ServerBlock, io: Clien
         .max_headers(MAX_HEADERS)
         .max_buf_size(block.max_header_bytes.max(8192))
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(conn);
     let mut stop = app.stopping();
     let stopped = async move {

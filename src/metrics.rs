@@ -6,8 +6,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The process-wide metrics.
@@ -34,13 +34,15 @@ const DURATION_BUCKETS: &[f64] = &[
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    r.register(Box::new(m.clone())).expect("metric registered once");
+    r.register(Box::new(m.clone()))
+        .expect("metric registered once");
     m
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    r.register(Box::new(m.clone())).expect("metric registered once");
+    r.register(Box::new(m.clone()))
+        .expect("metric registered once");
     m
 }
 
@@ -57,7 +59,8 @@ impl Metrics {
             &["upstream"],
         )
         .expect("valid metric definition");
-        r.register(Box::new(duration.clone())).expect("metric registered once");
+        r.register(Box::new(duration.clone()))
+            .expect("metric registered once");
         Metrics {
             http_requests: counter(
                 &r,
@@ -66,23 +69,48 @@ impl Metrics {
                 &["upstream", "server", "status"],
             ),
             http_request_duration: duration,
-            server_up: gauge(&r, "limpet_upstream_server_up", "1 while a server can take traffic.", us),
+            server_up: gauge(
+                &r,
+                "limpet_upstream_server_up",
+                "1 while a server can take traffic.",
+                us,
+            ),
             active_connections: gauge(
                 &r,
                 "limpet_upstream_active_connections",
                 "Requests and tunnels in flight to a server.",
                 us,
             ),
-            tunnels_active: gauge(&r, "limpet_websocket_tunnels_active", "Open WebSocket tunnels.", us),
-            tunnels_total: counter(&r, "limpet_websocket_tunnels_total", "WebSocket tunnels opened.", us),
-            sticky_sessions: gauge(&r, "limpet_sticky_sessions", "Engine.IO sessions in the sticky table.", us),
+            tunnels_active: gauge(
+                &r,
+                "limpet_websocket_tunnels_active",
+                "Open WebSocket tunnels.",
+                us,
+            ),
+            tunnels_total: counter(
+                &r,
+                "limpet_websocket_tunnels_total",
+                "WebSocket tunnels opened.",
+                us,
+            ),
+            sticky_sessions: gauge(
+                &r,
+                "limpet_sticky_sessions",
+                "Engine.IO sessions in the sticky table.",
+                us,
+            ),
             sticky_lookups: counter(
                 &r,
                 "limpet_sticky_lookups_total",
                 "Sticky session lookups by result (hit, miss, dead).",
                 &["upstream", "result"],
             ),
-            sticky_learned: counter(&r, "limpet_sticky_learned_total", "Engine.IO sessions learned.", us),
+            sticky_learned: counter(
+                &r,
+                "limpet_sticky_learned_total",
+                "Engine.IO sessions learned.",
+                us,
+            ),
             sticky_store_errors: counter(
                 &r,
                 "limpet_sticky_store_errors_total",
@@ -95,7 +123,12 @@ impl Metrics {
                 "Active health checks by result (ok, fail).",
                 &["upstream", "server", "result"],
             ),
-            config_reloads: counter(&r, "limpet_config_reloads_total", "Config reloads by result.", &["result"]),
+            config_reloads: counter(
+                &r,
+                "limpet_config_reloads_total",
+                "Config reloads by result.",
+                &["result"],
+            ),
             client_connections: gauge(
                 &r,
                 "limpet_client_connections_active",
@@ -147,7 +180,13 @@ impl ServerMetrics {
         let l = &[upstream, server];
         let class = |c: &str| m.http_requests.with_label_values(&[upstream, server, c]);
         ServerMetrics {
-            status: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            status: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
             up: m.server_up.with_label_values(l),
             active: m.active_connections.with_label_values(l),
             tunnels_active: m.tunnels_active.with_label_values(l),
@@ -155,7 +194,9 @@ impl ServerMetrics {
             sticky_sessions: m.sticky_sessions.with_label_values(l),
             sticky_learned: m.sticky_learned.with_label_values(l),
             checks_ok: m.health_checks.with_label_values(&[upstream, server, "ok"]),
-            checks_fail: m.health_checks.with_label_values(&[upstream, server, "fail"]),
+            checks_fail: m
+                .health_checks
+                .with_label_values(&[upstream, server, "fail"]),
         }
     }
 
@@ -172,7 +213,12 @@ impl ServerMetrics {
         for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
             let _ = m.http_requests.remove_label_values(&[upstream, server, c]);
         }
-        for g in [&m.server_up, &m.active_connections, &m.tunnels_active, &m.sticky_sessions] {
+        for g in [
+            &m.server_up,
+            &m.active_connections,
+            &m.tunnels_active,
+            &m.sticky_sessions,
+        ] {
             let _ = g.remove_label_values(l);
         }
         for c in [&m.tunnels_total, &m.sticky_learned] {

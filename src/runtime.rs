@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::{Balance, Config, Location, Problem, ServerBlock};
-use crate::tls;
 use crate::metrics::ServerMetrics;
 use crate::sticky::table::SessionTable;
+use crate::tls;
 use crate::upstream::{ServerId, ServerState, Upstream};
 
 /// A location with its upstream resolved.
@@ -28,11 +28,16 @@ pub struct Site {
 impl Site {
     /// The route of the longest location prefix matching `path`.
     pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| path.starts_with(r.location.path.as_str()))
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(r.location.path.as_str()))
     }
 
     fn serves_host(&self, host: &str) -> bool {
-        self.block.server_name.iter().any(|name| host_matches(name, host))
+        self.block
+            .server_name
+            .iter()
+            .any(|name| host_matches(name, host))
     }
 }
 
@@ -48,7 +53,8 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 }
 
 fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
-    s.len() >= suffix.len() && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    s.len() >= suffix.len()
+        && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 /// The sites sharing one listen address.
@@ -113,7 +119,10 @@ impl Carry {
                 })
                 .collect();
             let table = (up.balance == Balance::Sid).then(|| self.table(name, up));
-            upstreams.insert(name.clone(), Arc::new(Upstream::new(up.clone(), states, table)));
+            upstreams.insert(
+                name.clone(),
+                Arc::new(Upstream::new(up.clone(), states, table)),
+            );
         }
         self.prune(&keep_servers, &upstreams);
         let listeners = listeners(&config, &upstreams, &mut tls);
@@ -160,7 +169,11 @@ impl Carry {
                 s.metrics.sticky_sessions.add(delta);
             }
         });
-        let table = Arc::new(SessionTable::new(up.sticky.session_ttl, up.sticky.max_sessions, on_count));
+        let table = Arc::new(SessionTable::new(
+            up.sticky.session_ttl,
+            up.sticky.max_sessions,
+            on_count,
+        ));
         tables.insert(name.to_string(), table.clone());
         table
     }
@@ -176,7 +189,11 @@ impl Carry {
                 t.retain_servers(|id| ids.contains(&id));
             }
         }
-        let removed: Vec<_> = servers.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+        let removed: Vec<_> = servers
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
         let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
         for key in removed {
             if let Some(s) = servers.remove(&key) {
@@ -221,13 +238,16 @@ fn listeners(
         .collect()
 }
 
+/// Server names and the certificate they are served.
+type SniEntry = (Vec<String>, Arc<rustls::sign::CertifiedKey>);
+
 /// TLS server settings by listen address.
 pub type TlsConfigs = HashMap<SocketAddr, Arc<rustls::ServerConfig>>;
 
 /// Loads the certificates of every TLS listener; a missing or mismatched pair is a problem with its key path.
 pub fn tls_configs(config: &Config) -> Result<TlsConfigs, Vec<Problem>> {
     let mut problems = Vec::new();
-    let mut entries: HashMap<SocketAddr, Vec<(Vec<String>, Arc<rustls::sign::CertifiedKey>)>> = HashMap::new();
+    let mut entries: HashMap<SocketAddr, Vec<SniEntry>> = HashMap::new();
     for (i, block) in config.servers.iter().enumerate() {
         let Some(files) = &block.tls else { continue };
         let files = tls::TlsFiles {
@@ -237,7 +257,10 @@ pub fn tls_configs(config: &Config) -> Result<TlsConfigs, Vec<Problem>> {
         match tls::load_certified_key(&files) {
             Ok(key) => {
                 for addr in &block.listen {
-                    entries.entry(*addr).or_default().push((block.server_name.clone(), key.clone()));
+                    entries
+                        .entry(*addr)
+                        .or_default()
+                        .push((block.server_name.clone(), key.clone()));
                 }
             }
             Err(e) => problems.push(Problem {

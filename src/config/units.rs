@@ -13,7 +13,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .map(Duration::from_secs)
             .map_err(|e| format!("invalid duration {text:?}: {e}"));
     }
-    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e} (write e.g. \"10s\" or \"500ms\")"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?}: {e} (write e.g. \"10s\" or \"500ms\")"))
 }
 
 /// Parses a byte size: `"0"`, `"1024"`, `"16k"`, `"1m"`, `"1g"` (nginx suffixes, powers of 1024).
@@ -50,7 +51,9 @@ impl Cidr {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
                 mask_eq(u32::from(n) as u128, u32::from(a) as u128, self.prefix, 32)
             }
-            (IpAddr::V6(n), IpAddr::V6(a)) => mask_eq(u128::from(n), u128::from(a), self.prefix, 128),
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                mask_eq(u128::from(n), u128::from(a), self.prefix, 128)
+            }
             _ => false,
         }
     }

@@ -64,7 +64,12 @@ impl Checker {
         }
     }
 
-    fn positive_duration(&mut self, path: &str, value: &Option<String>, default: Duration) -> Duration {
+    fn positive_duration(
+        &mut self,
+        path: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
         let d = self.duration(path, value, default);
         if d.is_zero() {
             self.error(path, "must be greater than zero");
@@ -72,10 +77,19 @@ impl Checker {
         d
     }
 
-    fn int(&mut self, path: &str, value: Option<i64>, default: i64, range: std::ops::RangeInclusive<i64>) -> i64 {
+    fn int(
+        &mut self,
+        path: &str,
+        value: Option<i64>,
+        default: i64,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> i64 {
         let v = value.unwrap_or(default);
         if !range.contains(&v) {
-            self.error(path, format!("must be {}..={}, got {v}", range.start(), range.end()));
+            self.error(
+                path,
+                format!("must be {}..={}, got {v}", range.start(), range.end()),
+            );
             return default;
         }
         v
@@ -88,7 +102,10 @@ impl Checker {
         match text.to_socket_addrs().map(|mut a| a.next()) {
             Ok(Some(addr)) => Some(addr),
             _ => {
-                self.error(path, format!("invalid address {text:?} (write host:port, e.g. \"127.0.0.1:8080\")"));
+                self.error(
+                    path,
+                    format!("invalid address {text:?} (write host:port, e.g. \"127.0.0.1:8080\")"),
+                );
                 None
             }
         }
@@ -126,12 +143,19 @@ fn global(c: &mut Checker, g: &RawGlobal) -> Global {
         DEFAULT_MAX_CONNECTIONS as i64,
         1..=10_000_000,
     ) as usize;
-    let shutdown_timeout = c.duration("global.shutdown_timeout", &g.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+    let shutdown_timeout = c.duration(
+        "global.shutdown_timeout",
+        &g.shutdown_timeout,
+        DEFAULT_SHUTDOWN_TIMEOUT,
+    );
     let access_log = match g.access_log.as_deref() {
         None | Some("off") => AccessLog::Off,
         Some("stderr") => AccessLog::Stderr,
         Some("") => {
-            c.error("global.access_log", "must be \"off\", \"stderr\" or a file path");
+            c.error(
+                "global.access_log",
+                "must be \"off\", \"stderr\" or a file path",
+            );
             AccessLog::Off
         }
         Some(path) => AccessLog::File(PathBuf::from(path)),
@@ -146,15 +170,23 @@ fn global(c: &mut Checker, g: &RawGlobal) -> Global {
 
 fn admin(c: &mut Checker, a: &RawAdmin) -> Option<Admin> {
     let text = a.listen.as_deref().unwrap_or("127.0.0.1:9100");
-    c.listen_addr("admin.listen", text).map(|listen| Admin { listen })
+    c.listen_addr("admin.listen", text)
+        .map(|listen| Admin { listen })
 }
 
 fn upstreams(c: &mut Checker, raw: &BTreeMap<String, RawUpstream>) -> BTreeMap<String, Upstream> {
     let mut out = BTreeMap::new();
     for (name, u) in raw {
         let path = format!("upstream.{name}");
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            c.error(&path, "upstream names may hold only letters, digits, '_' and '-'");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            c.error(
+                &path,
+                "upstream names may hold only letters, digits, '_' and '-'",
+            );
         }
         out.insert(name.clone(), upstream(c, &path, name, u));
     }
@@ -172,7 +204,9 @@ fn balance(c: &mut Checker, path: &str, value: Option<&str>, default: Balance) -
         Some(other) => {
             c.error(
                 path,
-                format!("unknown method {other:?} (one of round_robin, least_conn, ip_hash, hash, sid)"),
+                format!(
+                    "unknown method {other:?} (one of round_robin, least_conn, ip_hash, hash, sid)"
+                ),
             );
             default
         }
@@ -180,17 +214,38 @@ fn balance(c: &mut Checker, path: &str, value: Option<&str>, default: Balance) -
 }
 
 fn upstream(c: &mut Checker, path: &str, name: &str, u: &RawUpstream) -> Upstream {
-    let balance = balance(c, &format!("{path}.balance"), u.balance.as_deref(), Balance::RoundRobin);
+    let balance = balance(
+        c,
+        &format!("{path}.balance"),
+        u.balance.as_deref(),
+        Balance::RoundRobin,
+    );
     let hash_key = hash_key(c, &format!("{path}.hash_key"), u.hash_key.as_deref());
-    let keepalive = c.int(&format!("{path}.keepalive"), u.keepalive, DEFAULT_KEEPALIVE, 0..=100_000) as usize;
-    let retries = c.int(&format!("{path}.retries"), u.retries, DEFAULT_RETRIES, 0..=100) as u32;
+    let keepalive = c.int(
+        &format!("{path}.keepalive"),
+        u.keepalive,
+        DEFAULT_KEEPALIVE,
+        0..=100_000,
+    ) as usize;
+    let retries = c.int(
+        &format!("{path}.retries"),
+        u.retries,
+        DEFAULT_RETRIES,
+        0..=100,
+    ) as u32;
     let tls = upstream_tls(c, path, u);
     let sticky = sticky(c, &format!("{path}.sticky"), u.sticky.as_ref());
     if u.sticky.is_some() && balance != Balance::Sid {
-        c.warn(format!("{path}.sticky"), "is used only with balance = \"sid\"");
+        c.warn(
+            format!("{path}.sticky"),
+            "is used only with balance = \"sid\"",
+        );
     }
     if u.server.is_empty() {
-        c.error(format!("{path}.server"), "an upstream needs at least one server");
+        c.error(
+            format!("{path}.server"),
+            "an upstream needs at least one server",
+        );
     }
     let servers: Vec<ServerSpec> = u
         .server
@@ -219,14 +274,20 @@ fn upstream(c: &mut Checker, path: &str, name: &str, u: &RawUpstream) -> Upstrea
 fn upstream_tls(c: &mut Checker, path: &str, u: &RawUpstream) -> Option<UpstreamTls> {
     if u.tls != Some(true) {
         if u.tls_ca.is_some() || u.tls_server_name.is_some() {
-            c.warn(format!("{path}.tls"), "tls_ca / tls_server_name are ignored while tls = false");
+            c.warn(
+                format!("{path}.tls"),
+                "tls_ca / tls_server_name are ignored while tls = false",
+            );
         }
         return None;
     }
     let ca = u.tls_ca.as_ref().map(PathBuf::from);
     if let Some(ca) = &ca {
         if let Err(e) = std::fs::metadata(ca) {
-            c.error(format!("{path}.tls_ca"), format!("cannot read {}: {e}", ca.display()));
+            c.error(
+                format!("{path}.tls_ca"),
+                format!("cannot read {}: {e}", ca.display()),
+            );
         }
     }
     Some(UpstreamTls {
@@ -262,16 +323,26 @@ fn hash_key(c: &mut Checker, path: &str, value: Option<&str>) -> HashKey {
 fn sticky(c: &mut Checker, path: &str, s: Option<&RawSticky>) -> Sticky {
     let empty = RawSticky::default();
     let s = s.unwrap_or(&empty);
-    let sticky_path = s.path.clone().unwrap_or_else(|| DEFAULT_STICKY_PATH.to_string());
+    let sticky_path = s
+        .path
+        .clone()
+        .unwrap_or_else(|| DEFAULT_STICKY_PATH.to_string());
     if !sticky_path.starts_with('/') {
-        c.error(format!("{path}.path"), format!("must start with '/', got {sticky_path:?}"));
+        c.error(
+            format!("{path}.path"),
+            format!("must start with '/', got {sticky_path:?}"),
+        );
     }
     let fallback_path = format!("{path}.fallback");
     let fallback = balance(c, &fallback_path, s.fallback.as_deref(), Balance::LeastConn);
     if fallback == Balance::Sid {
         c.error(&fallback_path, "the fallback of sid must be another method");
     }
-    let session_ttl = c.positive_duration(&format!("{path}.session_ttl"), &s.session_ttl, DEFAULT_SESSION_TTL);
+    let session_ttl = c.positive_duration(
+        &format!("{path}.session_ttl"),
+        &s.session_ttl,
+        DEFAULT_SESSION_TTL,
+    );
     let max_sessions = c.int(
         &format!("{path}.max_sessions"),
         s.max_sessions,
@@ -282,7 +353,10 @@ fn sticky(c: &mut Checker, path: &str, s: Option<&RawSticky>) -> Sticky {
         None | Some("local") => Store::Local,
         Some(url) if url.starts_with("redis://") => Store::Redis(url.to_string()),
         Some(other) => {
-            c.error(format!("{path}.store"), format!("must be \"local\" or \"redis://host:port/db\", got {other:?}"));
+            c.error(
+                format!("{path}.store"),
+                format!("must be \"local\" or \"redis://host:port/db\", got {other:?}"),
+            );
             Store::Local
         }
     };
@@ -292,7 +366,10 @@ fn sticky(c: &mut Checker, path: &str, s: Option<&RawSticky>) -> Sticky {
         session_ttl,
         max_sessions,
         store,
-        key_prefix: s.key_prefix.clone().unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string()),
+        key_prefix: s
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string()),
         sid_prefix: s.sid_prefix.unwrap_or(false),
     }
 }
@@ -305,11 +382,18 @@ fn server_spec(c: &mut Checker, path: &str, s: &RawUpstreamServer) -> Option<Ser
     let addr = upstream_addr(c, &format!("{path}.addr"), &name);
     let weight = c.int(&format!("{path}.weight"), s.weight, 1, 1..=1000) as u32;
     let max_fails = c.int(&format!("{path}.max_fails"), s.max_fails, 1, 0..=1000) as u32;
-    let fail_timeout = c.positive_duration(&format!("{path}.fail_timeout"), &s.fail_timeout, DEFAULT_FAIL_TIMEOUT);
+    let fail_timeout = c.positive_duration(
+        &format!("{path}.fail_timeout"),
+        &s.fail_timeout,
+        DEFAULT_FAIL_TIMEOUT,
+    );
     let max_conns = c.int(&format!("{path}.max_conns"), s.max_conns, 0, 0..=10_000_000) as u32;
     let route = s.route.clone().unwrap_or_default();
     if route.contains(['.', '/', ' ']) {
-        c.error(format!("{path}.route"), "must not contain '.', '/' or spaces");
+        c.error(
+            format!("{path}.route"),
+            "must not contain '.', '/' or spaces",
+        );
     }
     Some(ServerSpec {
         name,
@@ -329,9 +413,14 @@ fn upstream_addr(c: &mut Checker, path: &str, text: &str) -> Option<SocketAddr> 
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Some(addr);
     }
-    let has_port = text.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    let has_port = text
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
     if !has_port {
-        c.error(path, format!("invalid address {text:?} (write host:port, e.g. \"10.0.0.1:3000\")"));
+        c.error(
+            path,
+            format!("invalid address {text:?} (write host:port, e.g. \"10.0.0.1:3000\")"),
+        );
         return None;
     }
     match text.to_socket_addrs().map(|mut a| a.next()) {
@@ -351,31 +440,58 @@ fn check_server_set(c: &mut Checker, path: &str, servers: &[ServerSpec], sticky:
     let mut seen = HashSet::new();
     for (i, s) in servers.iter().enumerate() {
         if !seen.insert(&s.name) {
-            c.error(format!("{path}.server[{i}].addr"), format!("{:?} is listed twice", s.name));
+            c.error(
+                format!("{path}.server[{i}].addr"),
+                format!("{:?} is listed twice", s.name),
+            );
         }
     }
     if sticky.sid_prefix {
         let mut routes = HashSet::new();
         for (i, s) in servers.iter().enumerate() {
             if s.route.is_empty() {
-                c.error(format!("{path}.server[{i}].route"), "sticky.sid_prefix needs a route on every server");
+                c.error(
+                    format!("{path}.server[{i}].route"),
+                    "sticky.sid_prefix needs a route on every server",
+                );
             } else if !routes.insert(&s.route) {
-                c.error(format!("{path}.server[{i}].route"), format!("{:?} is used twice", s.route));
+                c.error(
+                    format!("{path}.server[{i}].route"),
+                    format!("{:?} is used twice", s.route),
+                );
             }
         }
     }
 }
 
 fn health_check(c: &mut Checker, path: &str, h: &RawHealthCheck) -> HealthCheck {
-    let check_path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.to_string());
+    let check_path = h
+        .path
+        .clone()
+        .unwrap_or_else(|| DEFAULT_HEALTH_PATH.to_string());
     if !check_path.starts_with('/') {
-        c.error(format!("{path}.path"), format!("must start with '/', got {check_path:?}"));
+        c.error(
+            format!("{path}.path"),
+            format!("must start with '/', got {check_path:?}"),
+        );
     }
-    let interval = c.positive_duration(&format!("{path}.interval"), &h.interval, DEFAULT_HEALTH_INTERVAL);
-    let timeout = c.positive_duration(&format!("{path}.timeout"), &h.timeout, DEFAULT_HEALTH_TIMEOUT);
+    let interval = c.positive_duration(
+        &format!("{path}.interval"),
+        &h.interval,
+        DEFAULT_HEALTH_INTERVAL,
+    );
+    let timeout = c.positive_duration(
+        &format!("{path}.timeout"),
+        &h.timeout,
+        DEFAULT_HEALTH_TIMEOUT,
+    );
     let fails = c.int(&format!("{path}.fails"), h.fails, 2, 1..=100) as u32;
     let passes = c.int(&format!("{path}.passes"), h.passes, 2, 1..=100) as u32;
-    let expect_status = status_range(c, &format!("{path}.expect_status"), h.expect_status.as_deref());
+    let expect_status = status_range(
+        c,
+        &format!("{path}.expect_status"),
+        h.expect_status.as_deref(),
+    );
     HealthCheck {
         path: check_path,
         host: h.host.clone(),
@@ -389,7 +505,12 @@ fn health_check(c: &mut Checker, path: &str, h: &RawHealthCheck) -> HealthCheck 
 
 fn status_range(c: &mut Checker, path: &str, value: Option<&str>) -> (u16, u16) {
     let value = value.unwrap_or("200-399");
-    let parse = |s: &str| s.trim().parse::<u16>().ok().filter(|v| (100..=599).contains(v));
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|v| (100..=599).contains(v))
+    };
     let range = match value.split_once('-') {
         Some((a, b)) => parse(a).zip(parse(b)),
         None => parse(value).map(|v| (v, v)),
@@ -397,13 +518,20 @@ fn status_range(c: &mut Checker, path: &str, value: Option<&str>) -> (u16, u16) 
     match range {
         Some((lo, hi)) if lo <= hi => (lo, hi),
         _ => {
-            c.error(path, format!("invalid status range {value:?} (write e.g. \"200-399\" or \"200\")"));
+            c.error(
+                path,
+                format!("invalid status range {value:?} (write e.g. \"200-399\" or \"200\")"),
+            );
             (200, 399)
         }
     }
 }
 
-fn server_blocks(c: &mut Checker, raw: &[RawServer], ups: &BTreeMap<String, Upstream>) -> Vec<ServerBlock> {
+fn server_blocks(
+    c: &mut Checker,
+    raw: &[RawServer],
+    ups: &BTreeMap<String, Upstream>,
+) -> Vec<ServerBlock> {
     if raw.is_empty() {
         c.error("server", "at least one [[server]] is needed");
     }
@@ -413,7 +541,12 @@ fn server_blocks(c: &mut Checker, raw: &[RawServer], ups: &BTreeMap<String, Upst
         .collect()
 }
 
-fn server_block(c: &mut Checker, path: &str, s: &RawServer, ups: &BTreeMap<String, Upstream>) -> ServerBlock {
+fn server_block(
+    c: &mut Checker,
+    path: &str,
+    s: &RawServer,
+    ups: &BTreeMap<String, Upstream>,
+) -> ServerBlock {
     let listen_raw = s.listen.clone().unwrap_or_default();
     if listen_raw.is_empty() {
         c.error(format!("{path}.listen"), "at least one host:port is needed");
@@ -423,7 +556,10 @@ fn server_block(c: &mut Checker, path: &str, s: &RawServer, ups: &BTreeMap<Strin
         .enumerate()
         .filter_map(|(i, l)| c.listen_addr(&format!("{path}.listen[{i}]"), l))
         .collect();
-    let tls = s.tls.as_ref().and_then(|t| tls_files(c, &format!("{path}.tls"), t));
+    let tls = s
+        .tls
+        .as_ref()
+        .and_then(|t| tls_files(c, &format!("{path}.tls"), t));
     let trusted_proxies = s
         .trusted_proxies
         .iter()
@@ -440,7 +576,11 @@ fn server_block(c: &mut Checker, path: &str, s: &RawServer, ups: &BTreeMap<Strin
         &s.client_header_timeout,
         DEFAULT_CLIENT_HEADER_TIMEOUT,
     );
-    let keepalive_timeout = c.duration(&format!("{path}.keepalive_timeout"), &s.keepalive_timeout, DEFAULT_KEEPALIVE_TIMEOUT);
+    let keepalive_timeout = c.duration(
+        &format!("{path}.keepalive_timeout"),
+        &s.keepalive_timeout,
+        DEFAULT_KEEPALIVE_TIMEOUT,
+    );
     let max_header_bytes = c.int(
         &format!("{path}.max_header_bytes"),
         s.max_header_bytes,
@@ -448,7 +588,10 @@ fn server_block(c: &mut Checker, path: &str, s: &RawServer, ups: &BTreeMap<Strin
         1024..=1 << 20,
     ) as usize;
     if s.location.is_empty() {
-        c.error(format!("{path}.location"), "at least one [[server.location]] is needed");
+        c.error(
+            format!("{path}.location"),
+            "at least one [[server.location]] is needed",
+        );
     }
     let mut locations: Vec<Location> = s
         .location
@@ -457,7 +600,7 @@ fn server_block(c: &mut Checker, path: &str, s: &RawServer, ups: &BTreeMap<Strin
         .filter_map(|(i, l)| location(c, &format!("{path}.location[{i}]"), l, ups))
         .collect();
     // Longest prefix first, so routing takes the first match.
-    locations.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+    locations.sort_by_key(|l| std::cmp::Reverse(l.path.len()));
     ServerBlock {
         listen,
         server_name: s.server_name.clone().unwrap_or_default(),
@@ -486,28 +629,52 @@ fn tls_files(c: &mut Checker, path: &str, t: &RawTls) -> Option<TlsFiles> {
     };
     let cert = file("cert", &t.cert);
     let key = file("key", &t.key);
-    Some(TlsFiles { cert: cert?, key: key? })
+    Some(TlsFiles {
+        cert: cert?,
+        key: key?,
+    })
 }
 
-fn location(c: &mut Checker, path: &str, l: &RawLocation, ups: &BTreeMap<String, Upstream>) -> Option<Location> {
+fn location(
+    c: &mut Checker,
+    path: &str,
+    l: &RawLocation,
+    ups: &BTreeMap<String, Upstream>,
+) -> Option<Location> {
     let loc_path = l.path.clone().unwrap_or_else(|| "/".to_string());
     if !loc_path.starts_with('/') {
-        c.error(format!("{path}.path"), format!("must start with '/', got {loc_path:?}"));
+        c.error(
+            format!("{path}.path"),
+            format!("must start with '/', got {loc_path:?}"),
+        );
     }
     let proxy_pass = match &l.proxy_pass {
         None => {
-            c.error(format!("{path}.proxy_pass"), "missing (the name of an [upstream.NAME])");
+            c.error(
+                format!("{path}.proxy_pass"),
+                "missing (the name of an [upstream.NAME])",
+            );
             None
         }
         Some(name) if !ups.contains_key(name) => {
-            c.error(format!("{path}.proxy_pass"), format!("no upstream named {name:?}"));
+            c.error(
+                format!("{path}.proxy_pass"),
+                format!("no upstream named {name:?}"),
+            );
             None
         }
         Some(name) => Some(name.clone()),
     };
-    let connect_timeout =
-        c.positive_duration(&format!("{path}.connect_timeout"), &l.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
-    let read_timeout = c.positive_duration(&format!("{path}.read_timeout"), &l.read_timeout, DEFAULT_READ_TIMEOUT);
+    let connect_timeout = c.positive_duration(
+        &format!("{path}.connect_timeout"),
+        &l.connect_timeout,
+        DEFAULT_CONNECT_TIMEOUT,
+    );
+    let read_timeout = c.positive_duration(
+        &format!("{path}.read_timeout"),
+        &l.read_timeout,
+        DEFAULT_READ_TIMEOUT,
+    );
     if read_timeout < SOCKETIO_PING_WINDOW {
         c.warn(
             format!("{path}.read_timeout"),
@@ -535,7 +702,11 @@ fn location(c: &mut Checker, path: &str, l: &RawLocation, ups: &BTreeMap<String,
     })
 }
 
-fn set_headers(c: &mut Checker, path: &str, raw: Option<&BTreeMap<String, String>>) -> Vec<(HeaderName, HeaderValue)> {
+fn set_headers(
+    c: &mut Checker,
+    path: &str,
+    raw: Option<&BTreeMap<String, String>>,
+) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
     for (k, v) in raw.into_iter().flatten() {
         let name = HeaderName::from_bytes(k.as_bytes());
@@ -561,7 +732,7 @@ fn check_listen_conflicts(c: &mut Checker, servers: &[ServerBlock], admin: Optio
                 c.error(&path, format!("{addr} is listed twice"));
                 continue;
             }
-            if admin.is_some_and(|a| a.listen == *addr) {
+            if addr.port() != 0 && admin.is_some_and(|a| a.listen == *addr) {
                 c.error(&path, format!("{addr} is also admin.listen"));
             }
             match first_use.get(addr) {
@@ -574,9 +745,20 @@ fn check_listen_conflicts(c: &mut Checker, servers: &[ServerBlock], admin: Optio
     }
 }
 
-fn check_shared_listen(c: &mut Checker, path: &str, addr: &SocketAddr, a: &ServerBlock, b: &ServerBlock) {
+fn check_shared_listen(
+    c: &mut Checker,
+    path: &str,
+    addr: &SocketAddr,
+    a: &ServerBlock,
+    b: &ServerBlock,
+) {
     if a.tls.is_some() != b.tls.is_some() || a.proxy_protocol != b.proxy_protocol {
-        c.error(path, format!("{addr} is used by another [[server]] with different tls/proxy_protocol settings"));
+        c.error(
+            path,
+            format!(
+                "{addr} is used by another [[server]] with different tls/proxy_protocol settings"
+            ),
+        );
     } else if a.server_name.is_empty() && b.server_name.is_empty() {
         c.error(path, format!("duplicate listen address {addr}: both [[server]] blocks would take every Host (give them server_name)"));
     }

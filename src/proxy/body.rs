@@ -59,7 +59,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -83,7 +86,10 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map(|b| b.size_hint()).unwrap_or_else(|| SizeHint::with_exact(0))
+        self.inner
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_else(|| SizeHint::with_exact(0))
     }
 }
 
@@ -108,7 +114,12 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     /// Streams `inner` (after `prefix`, bytes already read from it), failing when it stays silent `idle_timeout`.
-    pub fn new(prefix: Option<Bytes>, inner: Incoming, idle_timeout: Duration, lease: Lease) -> UpstreamBody {
+    pub fn new(
+        prefix: Option<Bytes>,
+        inner: Incoming,
+        idle_timeout: Duration,
+        lease: Lease,
+    ) -> UpstreamBody {
         let ended = prefix.is_none() && inner.is_end_stream();
         UpstreamBody {
             prefix,
@@ -129,7 +140,9 @@ impl UpstreamBody {
 
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let deadline = tokio::time::Instant::now() + self.idle_timeout;
-        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         sleep.as_mut().poll(cx)
     }
 }
@@ -138,7 +151,10 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         if let Some(prefix) = this.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
@@ -146,7 +162,9 @@ impl Body for UpstreamBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(sleep) = this.sleep.as_mut() {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + this.idle_timeout);
+                    sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle_timeout);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -186,7 +204,9 @@ impl Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else { return };
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
         if self.ended || self.inner.is_end_stream() {
             if let Some(sender) = lease.sender {
                 lease.upstream.peers[lease.index].pool.put(sender);
@@ -215,7 +235,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Upstream(body) => Pin::new(body.as_mut()).poll_frame(cx),
@@ -231,7 +254,9 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             ResponseBody::Upstream(body) => body.size_hint(),
         }
     }

@@ -36,7 +36,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::BadRequest(_) | ProxyError::SessionUnknown { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::SessionUnknown { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoServer
             | ProxyError::Connect(_)
@@ -57,10 +59,17 @@ impl ProxyError {
             ProxyError::SessionUnknown { upgrade } => session_unknown(*upgrade),
             _ => {
                 let status = self.status();
-                let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+                let text = format!(
+                    "{} {}\n",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("")
+                );
                 let mut resp = plain(status, text);
                 if matches!(self, ProxyError::MethodNotAllowed) {
-                    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+                    resp.headers_mut().insert(
+                        header::ALLOW,
+                        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                    );
                 }
                 resp
             }
@@ -72,8 +81,10 @@ impl ProxyError {
 pub fn plain(status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::full(text));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -82,7 +93,10 @@ fn session_unknown(upgrade: bool) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::full(SESSION_UNKNOWN_BODY));
     *resp.status_mut() = StatusCode::BAD_REQUEST;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

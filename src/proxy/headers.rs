@@ -53,7 +53,13 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 }
 
 /// Sets `X-Forwarded-For` (appending the peer), `X-Real-IP`, `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, client: IpAddr, https: bool, host: Option<&HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    client: IpAddr,
+    https: bool,
+    host: Option<&HeaderValue>,
+) {
     let peer_text = peer.to_string();
     let xff = match join_values(headers, &X_FORWARDED_FOR) {
         Some(prior) => format!("{prior}, {peer_text}"),
@@ -101,7 +107,10 @@ mod tests {
     #[test]
     fn strips_connection_named_and_fixed_hop_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -120,7 +129,13 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
         h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        set_forwarded(&mut h, ip, ip, false, Some(&HeaderValue::from_static("example.com")));
+        set_forwarded(
+            &mut h,
+            ip,
+            ip,
+            false,
+            Some(&HeaderValue::from_static("example.com")),
+        );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
         assert_eq!(h["x-real-ip"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -131,7 +146,10 @@ mod tests {
     #[test]
     fn tokens() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert!(has_token(&h, &header::CONNECTION, "upgrade"));
         assert!(!has_token(&h, &header::CONNECTION, "close"));
     }

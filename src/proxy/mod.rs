@@ -82,7 +82,10 @@ pub async fn handle(snap: Arc<Snapshot>, client: &ClientInfo, req: Request<Incom
     if let Some(up) = &out.upstream {
         up.duration.observe(started.elapsed().as_secs_f64());
         if let Some(i) = out.server {
-            up.peers[i].state.metrics.record_status(out.response.status().as_u16());
+            up.peers[i]
+                .state
+                .metrics
+                .record_status(out.response.status().as_u16());
         }
     }
     out
@@ -98,7 +101,10 @@ async fn forward(
         return Err(ProxyError::MethodNotAllowed);
     }
     let host = request::host(&req)?;
-    let listener = snap.listeners.get(&client.listener).ok_or(ProxyError::NoRoute)?;
+    let listener = snap
+        .listeners
+        .get(&client.listener)
+        .ok_or(ProxyError::NoRoute)?;
     let site = listener.site(host.as_deref());
     let route = site.route(req.uri().path()).ok_or(ProxyError::NoRoute)?;
     let upstream = route.upstream.clone();
@@ -120,7 +126,19 @@ async fn forward(
         Some(bytes) => PickKey::Bytes(bytes),
         None => PickKey::Ip(client_ip),
     };
-    send(route, &upstream, plan, &key, prepared, upgrade, client, out).await
+    let ctx = Ctx {
+        route,
+        upstream: &upstream,
+        client,
+    };
+    send(&ctx, plan, &key, prepared, upgrade, out).await
+}
+
+/// Where a request is going and where it came from.
+struct Ctx<'a> {
+    route: &'a Route,
+    upstream: &'a Arc<Upstream>,
+    client: &'a ClientInfo,
 }
 
 /// The client half of a WebSocket upgrade and the accept value its server must answer.
@@ -131,16 +149,15 @@ struct Upgrade {
 
 /// Tries servers until one answers: a failed connect moves on to another usable server, up to `retries`.
 async fn send(
-    route: &Route,
-    upstream: &Arc<Upstream>,
+    ctx: &Ctx<'_>,
     plan: Plan,
     key: &PickKey<'_>,
     mut prepared: Prepared,
     upgrade: Option<Upgrade>,
-    client: &ClientInfo,
     out: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let loc = &route.location;
+    let upstream = ctx.upstream;
+    let loc = &ctx.route.location;
     let target = plan.target;
     let mut tried: Vec<usize> = Vec::new();
     loop {
@@ -175,7 +192,7 @@ async fn send(
                     in_flight,
                     sender,
                 };
-                return respond(route, resp, lease, plan.learn, upgrade, client).await;
+                return respond(ctx, resp, lease, plan.learn, upgrade).await;
             }
             Exchange::Stale(req) => prepared = req,
             Exchange::Failed(e) => {
@@ -198,7 +215,11 @@ enum Exchange {
     Failed(ProxyError),
 }
 
-async fn exchange(mut conn: crate::upstream::Conn, prepared: Prepared, read_timeout: Duration) -> Exchange {
+async fn exchange(
+    mut conn: crate::upstream::Conn,
+    prepared: Prepared,
+    read_timeout: Duration,
+) -> Exchange {
     let reusable = prepared.reusable;
     let sent = tokio::time::timeout(read_timeout, conn.sender.try_send_request(prepared.request));
     match sent.await {
@@ -224,25 +245,31 @@ fn upstream_error(e: hyper::Error) -> ProxyError {
 
 /// Turns a server's answer into the client's: tunnel on a valid 101, learn sticky sessions, strip hop headers.
 async fn respond(
-    route: &Route,
+    ctx: &Ctx<'_>,
     resp: Response<Incoming>,
     lease: Lease,
     learn: Learn,
     upgrade: Option<Upgrade>,
-    client: &ClientInfo,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let route = ctx.route;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(upgrade) = upgrade else {
-            return Err(ProxyError::BadUpgrade("101 to a request that asked for no upgrade"));
+            return Err(ProxyError::BadUpgrade(
+                "101 to a request that asked for no upgrade",
+            ));
         };
-        return switch_protocols(route, resp, lease, upgrade, client);
+        return switch_protocols(route, resp, lease, upgrade, ctx.client);
     }
     let (mut parts, body) = resp.into_parts();
-    let (prefix, body) = sticky::learn(&lease, &parts, body, learn, route.location.read_timeout).await?;
+    let (prefix, body) =
+        sticky::learn(&lease, &parts, body, learn, route.location.read_timeout).await?;
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
     let body = UpstreamBody::new(prefix, body, route.location.read_timeout, lease);
-    Ok(Response::from_parts(parts, ResponseBody::Upstream(Box::new(body))))
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::Upstream(Box::new(body)),
+    ))
 }
 
 fn switch_protocols(

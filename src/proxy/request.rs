@@ -11,9 +11,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use super::body::RequestBody;
 use super::headers::{forwarded_for, has_token, set_forwarded, strip_hop_by_hop};
 use super::{ClientInfo, ProxyError};
+use crate::balance::Method as Balance;
 use crate::config::{Cidr, HashKey};
 use crate::runtime::Route;
-use crate::balance::Method as Balance;
 use crate::upstream::Upstream;
 
 /// A request ready for a server.
@@ -42,7 +42,9 @@ pub fn host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
             Ok(None)
         };
     };
-    let text = value.to_str().map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
+    let text = value
+        .to_str()
+        .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
     let authority: http::uri::Authority = text
         .parse()
         .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
@@ -96,7 +98,10 @@ pub fn expected_accept(req: &Request<Incoming>) -> Option<String> {
 }
 
 /// Checks a 101: `Upgrade: websocket` and the accept value matching the client's key.
-pub fn check_websocket_accept(resp: &Response<Incoming>, expected: Option<&str>) -> Result<(), ProxyError> {
+pub fn check_websocket_accept(
+    resp: &Response<Incoming>,
+    expected: Option<&str>,
+) -> Result<(), ProxyError> {
     let h = resp.headers();
     let upgrade_ok = h
         .get(header::UPGRADE)
@@ -107,7 +112,9 @@ pub fn check_websocket_accept(resp: &Response<Incoming>, expected: Option<&str>)
     let accept = h.get(header::SEC_WEBSOCKET_ACCEPT).map(|v| v.as_bytes());
     match (accept, expected) {
         (Some(got), Some(want)) if got == want.as_bytes() => Ok(()),
-        _ => Err(ProxyError::BadUpgrade("101 with a missing or wrong Sec-WebSocket-Accept")),
+        _ => Err(ProxyError::BadUpgrade(
+            "101 with a missing or wrong Sec-WebSocket-Accept",
+        )),
     }
 }
 
@@ -121,9 +128,19 @@ pub fn hash_key(upstream: &Upstream, req: &Request<Incoming>, _ip: IpAddr) -> Op
         HashKey::Cookie(name) => Some(cookie(req, name).unwrap_or("").as_bytes().to_vec()),
         HashKey::Arg(name) => {
             let q = req.uri().query().unwrap_or("");
-            Some(crate::sticky::engineio::query_param(q, name).unwrap_or("").as_bytes().to_vec())
+            Some(
+                crate::sticky::engineio::query_param(q, name)
+                    .unwrap_or("")
+                    .as_bytes()
+                    .to_vec(),
+            )
         }
-        HashKey::Header(name) => Some(req.headers().get(name).map(|v| v.as_bytes().to_vec()).unwrap_or_default()),
+        HashKey::Header(name) => Some(
+            req.headers()
+                .get(name)
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default(),
+        ),
     }
 }
 
@@ -153,18 +170,28 @@ pub fn prepare(
             parts.headers.insert(header::HOST, v);
         }
     }
-    let upgrade = websocket.then(|| parts.headers.get(header::UPGRADE).cloned()).flatten();
+    let upgrade = websocket
+        .then(|| parts.headers.get(header::UPGRADE).cloned())
+        .flatten();
     if parts.headers.contains_key(header::TRANSFER_ENCODING) {
         // hyper framed the body by Transfer-Encoding; a Content-Length beside it must not reach the server.
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers);
     if let Some(upgrade) = upgrade {
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, upgrade);
     }
     let host = parts.headers.get(header::HOST).cloned();
-    set_forwarded(&mut parts.headers, client.peer.ip(), client_ip, client.https, host.as_ref());
+    set_forwarded(
+        &mut parts.headers,
+        client.peer.ip(),
+        client_ip,
+        client.https,
+        host.as_ref(),
+    );
     for (name, value) in &route.location.set_header {
         parts.headers.insert(name.clone(), value.clone());
     }

@@ -45,11 +45,20 @@ const PICK: Plan = Plan {
 };
 
 /// Decides where a request goes; a session whose server is gone gets Engine.IO's "Session ID unknown".
-pub fn plan(upstream: &Upstream, req: &Request<Incoming>, upgrade: bool, out: &mut Outcome) -> Result<Plan, ProxyError> {
+pub fn plan(
+    upstream: &Upstream,
+    req: &Request<Incoming>,
+    upgrade: bool,
+    out: &mut Outcome,
+) -> Result<Plan, ProxyError> {
     let Some(table) = &upstream.sessions else {
         return Ok(PICK);
     };
-    if !req.uri().path().starts_with(upstream.config.sticky.path.as_str()) {
+    if !req
+        .uri()
+        .path()
+        .starts_with(upstream.config.sticky.path.as_str())
+    {
         return Ok(PICK);
     }
     let query = req.uri().query().unwrap_or("");
@@ -68,7 +77,10 @@ pub fn plan(upstream: &Upstream, req: &Request<Incoming>, upgrade: bool, out: &m
     };
     let now = now_ms();
     if upstream.config.sticky.sid_prefix {
-        if let Some(index) = sid.split_once('.').and_then(|(route, _)| upstream.index_of_route(route)) {
+        if let Some(index) = sid
+            .split_once('.')
+            .and_then(|(route, _)| upstream.index_of_route(route))
+        {
             return fixed_or_dead(upstream, index, now, upgrade, out);
         }
     }
@@ -100,7 +112,13 @@ pub fn plan(upstream: &Upstream, req: &Request<Incoming>, upgrade: bool, out: &m
     }
 }
 
-fn fixed_or_dead(upstream: &Upstream, index: usize, now: u64, upgrade: bool, out: &mut Outcome) -> Result<Plan, ProxyError> {
+fn fixed_or_dead(
+    upstream: &Upstream,
+    index: usize,
+    now: u64,
+    upgrade: bool,
+    out: &mut Outcome,
+) -> Result<Plan, ProxyError> {
     if upstream.peers[index].alive(now) {
         upstream.lookups.hit.inc();
         out.sticky = Some("hit");
@@ -160,7 +178,10 @@ pub async fn learn(
         return Ok((None, body));
     }
     let (prefix, body) = peek_open_packet(body, read_timeout).await?;
-    if let Some(sid) = engineio::handshake_sid(&prefix).map(std::borrow::Cow::Borrowed).or(cookie) {
+    if let Some(sid) = engineio::handshake_sid(&prefix)
+        .map(std::borrow::Cow::Borrowed)
+        .or(cookie)
+    {
         table.learn(&sid, peer.state.id);
         peer.state.metrics.sticky_learned.inc();
     }
@@ -168,7 +189,10 @@ pub async fn learn(
 }
 
 /// Reads the start of a body until it holds a complete open packet, ends, or passes the peek limit.
-async fn peek_open_packet(mut body: Incoming, read_timeout: Duration) -> Result<(Bytes, Incoming), ProxyError> {
+async fn peek_open_packet(
+    mut body: Incoming,
+    read_timeout: Duration,
+) -> Result<(Bytes, Incoming), ProxyError> {
     let mut buf = BytesMut::new();
     while buf.len() < engineio::HANDSHAKE_PEEK_LIMIT && engineio::handshake_sid(&buf).is_none() {
         let frame = match tokio::time::timeout(read_timeout, body.frame()).await {

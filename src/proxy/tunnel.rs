@@ -57,8 +57,12 @@ async fn relay_upgraded(client: Upgraded, upstream: Upgraded, idle: Duration) ->
         Ok(parts) => (parts.io.into_inner(), parts.read_buf),
         Err(up) => {
             return match client {
-                Either::Tcp(tcp, buf) => relay_generic(Prefixed::new(tcp, buf), TokioIo::new(up), idle).await,
-                Either::Other(s, buf) => relay_generic(Prefixed::new(*s, buf), TokioIo::new(up), idle).await,
+                Either::Tcp(tcp, buf) => {
+                    relay_generic(Prefixed::new(tcp, buf), TokioIo::new(up), idle).await
+                }
+                Either::Other(s, buf) => {
+                    relay_generic(Prefixed::new(*s, buf), TokioIo::new(up), idle).await
+                }
             }
         }
     };
@@ -71,7 +75,12 @@ async fn relay_upgraded(client: Upgraded, upstream: Upgraded, idle: Duration) ->
             relay_tcp(&mut a, &mut b, idle).await
         }
         Either::Other(s, client_buf) => {
-            relay_generic(Prefixed::new(*s, client_buf), Prefixed::new(upstream, upstream_buf), idle).await
+            relay_generic(
+                Prefixed::new(*s, client_buf),
+                Prefixed::new(upstream, upstream_buf),
+                idle,
+            )
+            .await
         }
     }
 }
@@ -217,7 +226,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
         std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -237,8 +249,16 @@ where
 {
     let last = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let mut a = Activity { inner: a, last: last.clone(), start };
-    let mut b = Activity { inner: b, last: last.clone(), start };
+    let mut a = Activity {
+        inner: a,
+        last: last.clone(),
+        start,
+    };
+    let mut b = Activity {
+        inner: b,
+        last: last.clone(),
+        start,
+    };
     {
         let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
         tokio::pin!(copy);
@@ -276,7 +296,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.last.store(self.start.elapsed().as_millis() as u64, Relaxed);
+            self.last
+                .store(self.start.elapsed().as_millis() as u64, Relaxed);
         }
         r
     }
@@ -291,7 +312,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
         std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_flush(cx)
     }
 

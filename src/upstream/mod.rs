@@ -9,8 +9,8 @@ use crate::balance::{Balancer, Candidate, Method, PickKey, ServerView};
 use crate::config::{self, Balance};
 use crate::metrics::metrics;
 use crate::sticky::table::SessionTable;
-use prometheus::{Histogram, IntCounter};
 pub use pool::{Conn, ConnectError, Pool};
+use prometheus::{Histogram, IntCounter};
 pub use state::{now_ms, Health, InFlight, ServerId, ServerState};
 
 /// One server of an upstream: its config, its carried-over state and its idle connections.
@@ -68,7 +68,11 @@ pub struct Upstream {
 
 /// Balancer method for a config method (sid places new sessions with its fallback).
 pub fn method_of(balance: Balance, fallback: Balance) -> Method {
-    match if balance == Balance::Sid { fallback } else { balance } {
+    match if balance == Balance::Sid {
+        fallback
+    } else {
+        balance
+    } {
         Balance::RoundRobin | Balance::Sid => Method::RoundRobin,
         Balance::LeastConn => Method::LeastConn,
         Balance::IpHash => Method::IpHash,
@@ -112,7 +116,8 @@ impl Upstream {
                 state,
             })
             .collect();
-        let (backups, primaries): (Vec<usize>, Vec<usize>) = (0..peers.len()).partition(|&i| peers[i].spec.backup);
+        let (backups, primaries): (Vec<usize>, Vec<usize>) =
+            (0..peers.len()).partition(|&i| peers[i].spec.backup);
         let candidates = |set: &[usize]| -> Vec<Candidate> {
             set.iter()
                 .map(|&i| Candidate {
@@ -153,7 +158,11 @@ impl Upstream {
         self.primary
             .pick(key, &view(&self.primaries))
             .map(|i| self.primaries[i])
-            .or_else(|| self.backup.pick(key, &view(&self.backups)).map(|i| self.backups[i]))
+            .or_else(|| {
+                self.backup
+                    .pick(key, &view(&self.backups))
+                    .map(|i| self.backups[i])
+            })
     }
 
     /// Index of the server with this stable id, if it is still in the group.

@@ -52,11 +52,17 @@ impl Pool {
                 continue;
             }
             if sender.is_ready() {
-                return Ok(Conn { sender, reused: true });
+                return Ok(Conn {
+                    sender,
+                    reused: true,
+                });
             }
             // Returned at the end of a response body; the connection turns idle a moment later.
             if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, sender.ready()).await {
-                return Ok(Conn { sender, reused: true });
+                return Ok(Conn {
+                    sender,
+                    reused: true,
+                });
             }
         }
         self.connect(connect_timeout).await
@@ -85,6 +91,9 @@ impl Pool {
                 debug!(%addr, error = %e, "upstream connection ended");
             }
         });
-        Ok(Conn { sender, reused: false })
+        Ok(Conn {
+            sender,
+            reused: false,
+        })
     }
 }
