@@ -128,7 +128,10 @@ impl App {
         metrics().config_reloads.with_label_values(&[label]).inc();
         match &result {
             Ok(()) => info!(config = %self.config_path.display(), "config reloaded"),
-            Err(e) => error!("reload failed, the running config stays: {e}"),
+            Err(e) => error!(
+                "reload failed, the running config stays: {}",
+                e.to_string().replace("\n ", ";")
+            ),
         }
         result
     }
@@ -191,9 +194,9 @@ impl App {
     /// Graceful shutdown: stop accepting, tell connections to finish, wait up to `shutdown_timeout`.
     pub async fn shutdown(self: &Arc<Self>) {
         let timeout = self.snapshot().config.global.shutdown_timeout;
-        info!(timeout = %humantime::format_duration(timeout), "shutting down: no longer accepting");
+        self.stopping.send_replace(true);
         self.lock_listeners().stop_all();
-        let _ = self.stopping.send(true);
+        info!(timeout = %humantime::format_duration(timeout), "shutting down: no longer accepting");
         if let Some(bg) = self
             .background
             .lock()

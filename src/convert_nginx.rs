@@ -2,7 +2,7 @@
 //! `location` and `proxy_pass` parts of an nginx config into limpet TOML. Everything else is
 //! listed in [`Conversion::unmapped`] with its line number.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// The converted config and what could not be carried over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub fn convert(nginx_conf: &str) -> Result<Conversion, ConvertError> {
     let directives = parse(tokenize(nginx_conf)?)?;
     let mut c = Converter::default();
     c.find_upstream_names(&directives);
-    c.http_level(&directives, &Settings::default());
+    c.http_level(&directives, &Table::new());
     if c.servers.is_empty() && c.upstreams.is_empty() {
         return Err(ConvertError::Empty);
     }
@@ -189,6 +189,7 @@ enum Val {
     Map(Vec<(String, String)>),
 }
 
+/// A TOML table in output order.
 type Table = Vec<(&'static str, Val)>;
 
 struct Upstream {
@@ -197,79 +198,97 @@ struct Upstream {
     servers: Vec<Table>,
 }
 
-/// Directives nginx inherits from `http` to `server` to `location` unless the inner level sets
-/// them: each `Some` field here was set at some level.
-#[derive(Clone, Default)]
-struct Settings {
-    headers: Option<Vec<(String, String)>>,
-    read_timeout: Option<String>,
-    connect_timeout: Option<String>,
-    max_body: Option<String>,
-    cert: Option<String>,
-    key: Option<String>,
-    header_timeout: Option<String>,
-    keepalive_timeout: Option<String>,
-    trusted: Option<Vec<String>>,
+#[derive(Clone, Copy)]
+enum Kind {
+    Duration,
+    Size,
+    Text,
+    Header,
+    Cidr,
 }
 
-impl Settings {
-    fn over(self, parent: &Settings) -> Settings {
-        let p = parent.clone();
-        Settings {
-            headers: self.headers.or(p.headers),
-            read_timeout: self.read_timeout.or(p.read_timeout),
-            connect_timeout: self.connect_timeout.or(p.connect_timeout),
-            max_body: self.max_body.or(p.max_body),
-            cert: self.cert.or(p.cert),
-            key: self.key.or(p.key),
-            header_timeout: self.header_timeout.or(p.header_timeout),
-            keepalive_timeout: self.keepalive_timeout.or(p.keepalive_timeout),
-            trusted: self.trusted.or(p.trusted),
+/// Directives nginx inherits from `http` to `server` to `location` unless the inner level sets
+/// them, and the limpet key each becomes. The first four are per location, the rest per server.
+const INHERITED: &[(&str, &str, Kind)] = &[
+    ("proxy_connect_timeout", "connect_timeout", Kind::Duration),
+    ("proxy_read_timeout", "read_timeout", Kind::Duration),
+    ("proxy_set_header", "set_header", Kind::Header),
+    ("client_max_body_size", "client_max_body_size", Kind::Size),
+    ("ssl_certificate", "cert", Kind::Text),
+    ("ssl_certificate_key", "key", Kind::Text),
+    ("set_real_ip_from", "trusted_proxies", Kind::Cidr),
+    (
+        "client_header_timeout",
+        "client_header_timeout",
+        Kind::Duration,
+    ),
+    ("keepalive_timeout", "keepalive_timeout", Kind::Duration),
+];
+const LOCATION_KEYS: usize = 4;
+
+fn inherited(name: &str, location: bool) -> Option<(&'static str, Kind)> {
+    let scope = if location {
+        &INHERITED[..LOCATION_KEYS]
+    } else {
+        INHERITED
+    };
+    scope
+        .iter()
+        .find(|(n, ..)| *n == name)
+        .map(|&(_, key, kind)| (key, kind))
+}
+
+/// The settings of a level over those of its parent (nginx: a level that sets a directive at
+/// all replaces the parent's values, lists included).
+fn over(mut child: Table, parent: &Table) -> Table {
+    for (key, val) in parent {
+        if !child.iter().any(|(k, _)| k == key) {
+            child.push((key, val.clone()));
+        }
+    }
+    child
+}
+
+fn get<'a>(t: &'a Table, key: &str) -> Option<&'a Val> {
+    t.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+}
+
+fn copy_keys(to: &mut Table, from: &Table, keys: &[&'static str]) {
+    for &key in keys {
+        match get(from, key) {
+            Some(Val::Map(m)) if m.is_empty() => {}
+            Some(v) => to.push((key, v.clone())),
+            None => {}
         }
     }
 }
 
-const LOCATION_SETTINGS: &[&str] = &[
-    "proxy_set_header",
-    "proxy_read_timeout",
-    "proxy_connect_timeout",
-    "client_max_body_size",
-    "proxy_http_version",
-];
-const SERVER_SETTINGS: &[&str] = &[
-    "ssl_certificate",
-    "ssl_certificate_key",
-    "client_header_timeout",
-    "keepalive_timeout",
-    "set_real_ip_from",
-];
-
 #[derive(Default)]
 struct Converter {
     notes: Vec<(usize, String)>,
-    upstream_names: HashSet<String>,
+    /// nginx upstream name → limpet upstream name (letters, digits, `_`, `-`).
+    upstream_names: HashMap<String, String>,
+    /// Every limpet upstream name given out.
+    taken: HashSet<String>,
     tls_upstreams: HashSet<String>,
     upstreams: Vec<Upstream>,
-    /// (addr, tls) → name of the upstreams made for bare `proxy_pass http://host:port`.
+    /// (addr, tls) and the name of each upstream made for a bare `proxy_pass http://host:port`.
     synthesized: Vec<((String, bool), String)>,
     servers: Vec<(Table, Vec<Table>)>,
 }
 
 impl Converter {
     fn note(&mut self, d: &Directive, why: &str) {
-        self.notes
-            .push((d.line, format!("line {}: {} ({why})", d.line, show(d))));
+        let text = format!("line {}: {} ({why})", d.line, show(d));
+        self.notes.push((d.line, text));
     }
 
     fn unmapped(&mut self, d: &Directive) {
-        let why = match d.name.as_str() {
-            "include" => "included files are not followed: convert them separately",
-            "map" if d.args.first().is_some_and(|a| a == "$http_upgrade") => {
-                "limpet handles Upgrade/Connection itself"
-            }
-            "proxy_buffering" | "proxy_request_buffering" => {
-                "no limpet equivalent; limpet streams bodies unbuffered"
-            }
+        let why = match (d.name.as_str(), d.args.first().map(String::as_str)) {
+            ("include", _) => "included files are not followed: convert them separately",
+            ("map", Some("$http_upgrade")) => "limpet handles Upgrade/Connection itself",
+            ("proxy_http_version", _) => "limpet always speaks HTTP/1.1 to upstreams",
+            ("proxy_buffering" | "proxy_request_buffering", _) => "limpet streams bodies",
             _ => "no limpet equivalent",
         };
         self.note(d, why);
@@ -278,86 +297,111 @@ impl Converter {
     fn find_upstream_names(&mut self, dirs: &[Directive]) {
         for d in dirs {
             match (d.name.as_str(), &d.block, d.args.as_slice()) {
-                ("upstream", Some(_), [name]) => drop(self.upstream_names.insert(name.clone())),
+                ("upstream", Some(_), [name]) if !self.upstream_names.contains_key(name) => {
+                    let limpet = self.fresh_name(name);
+                    self.upstream_names.insert(name.clone(), limpet);
+                }
                 ("http", Some(block), _) => self.find_upstream_names(block),
                 _ => {}
             }
         }
     }
 
+    /// `wanted` made into an unused limpet upstream name.
+    fn fresh_name(&mut self, wanted: &str) -> String {
+        let base: String = wanted
+            .chars()
+            .map(|c| {
+                if is_name(c.encode_utf8(&mut [0; 4])) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut name = base.clone();
+        for i in 2.. {
+            if !self.taken.contains(&name) {
+                break;
+            }
+            name = format!("{base}_{i}");
+        }
+        self.taken.insert(name.clone());
+        name
+    }
+
     /// The top level or an `http` block: upstreams, servers and inherited settings.
-    fn http_level(&mut self, dirs: &[Directive], parent: &Settings) {
-        let settings = self.settings(dirs, false).over(parent);
+    fn http_level(&mut self, dirs: &[Directive], parent: &Table) {
+        let settings = over(self.settings(dirs, false), parent);
         for d in dirs {
             match (d.name.as_str(), &d.block) {
                 ("http", Some(block)) => self.http_level(block, &settings),
                 ("server", Some(block)) => self.server(d, block, &settings),
                 ("upstream", Some(block)) if d.args.len() == 1 => self.upstream(d, block),
-                (name, None) if is_setting(name, false) => {}
+                (name, None) if inherited(name, false).is_some() => {}
                 _ => self.unmapped(d),
             }
         }
     }
 
-    /// The inheritable directives of one level (`location` = only the per-location ones).
-    fn settings(&mut self, dirs: &[Directive], location: bool) -> Settings {
-        let mut s = Settings::default();
-        for d in dirs
-            .iter()
-            .filter(|d| d.block.is_none() && is_setting(&d.name, location))
-        {
-            let arg = d.args.first().cloned().unwrap_or_default();
-            let ok = match (d.name.as_str(), d.args.len()) {
-                ("proxy_set_header", 2) => self.header(&mut s, d),
-                ("proxy_http_version", _) => {
-                    self.note(d, "limpet always speaks HTTP/1.1 to upstreams");
-                    true
-                }
-                ("proxy_read_timeout", 1) => set(&mut s.read_timeout, duration(&arg)),
-                ("proxy_connect_timeout", 1) => set(&mut s.connect_timeout, duration(&arg)),
-                ("client_max_body_size", 1) => set(&mut s.max_body, size(&arg)),
-                ("ssl_certificate", 1) => set(&mut s.cert, Some(arg)),
-                ("ssl_certificate_key", 1) => set(&mut s.key, Some(arg)),
-                ("client_header_timeout", 1) => set(&mut s.header_timeout, duration(&arg)),
-                ("keepalive_timeout", 1) => set(&mut s.keepalive_timeout, duration(&arg)),
-                ("set_real_ip_from", 1) if !arg.starts_with("unix:") => {
-                    s.trusted.get_or_insert_with(Vec::new).push(arg);
-                    true
-                }
-                _ => false,
+    /// The inheritable directives set at one level, as limpet keys.
+    fn settings(&mut self, dirs: &[Directive], location: bool) -> Table {
+        let mut t = Table::new();
+        for d in dirs.iter().filter(|d| d.block.is_none()) {
+            let Some((key, kind)) = inherited(&d.name, location) else {
+                continue;
             };
-            if !ok {
-                self.note(d, "arguments limpet cannot translate");
+            let value = match (kind, d.args.as_slice()) {
+                (Kind::Header, [name, value]) => {
+                    // Even a dropped header stops nginx from inheriting the parent's headers.
+                    let kept = self.header(d, name, value);
+                    if let Val::Map(m) = entry(&mut t, key, Val::Map(vec![])) {
+                        m.extend(kept);
+                    }
+                    continue;
+                }
+                (Kind::Cidr, [cidr]) if !cidr.starts_with("unix:") => {
+                    if let Val::List(l) = entry(&mut t, key, Val::List(vec![])) {
+                        l.push(cidr.clone());
+                    }
+                    continue;
+                }
+                (Kind::Duration, [v]) => duration(v).map(Val::Str),
+                (Kind::Size, [v]) => size(v).map(Val::Str),
+                (Kind::Text, [v]) => Some(Val::Str(v.clone())),
+                _ => None,
+            };
+            match value {
+                Some(v) => *entry(&mut t, key, Val::Bool(false)) = v,
+                None => self.note(d, "arguments limpet cannot translate"),
             }
         }
-        s
+        t
     }
 
-    fn header(&mut self, s: &mut Settings, d: &Directive) -> bool {
-        let headers = s.headers.get_or_insert_with(Vec::new);
-        let (name, value) = (&d.args[0], &d.args[1]);
+    /// A `proxy_set_header` limpet should send, or a note on why it is dropped.
+    fn header(&mut self, d: &Directive, name: &str, value: &str) -> Option<(String, String)> {
         if native_header(name, value) {
             self.note(d, "limpet sets this header itself");
         } else if value.contains('$') {
-            self.note(d, "nginx variables are not expanded by limpet's set_header");
+            self.note(d, "limpet's set_header does not expand nginx variables");
         } else {
-            headers.push((name.clone(), value.clone()));
+            return Some((name.to_owned(), value.to_owned()));
         }
-        true
+        None
     }
 
     fn upstream(&mut self, d: &Directive, block: &[Directive]) {
-        let name = d.args[0].clone();
-        let mut fields: Table = Vec::new();
-        let mut balance = "round_robin";
+        let mut fields: Table = vec![("balance", Val::Str("round_robin".into()))];
         let mut servers = Vec::new();
         for x in block {
-            match (x.name.as_str(), x.args.as_slice()) {
+            let balance = match (x.name.as_str(), x.args.as_slice()) {
                 ("server", [addr, params @ ..]) => {
-                    servers.extend(self.upstream_server(x, addr, params))
+                    servers.extend(self.upstream_server(x, addr, params));
+                    continue;
                 }
-                ("ip_hash", []) => balance = "ip_hash",
-                ("least_conn", []) => balance = "least_conn",
+                ("ip_hash", []) => "ip_hash",
+                ("least_conn", []) => "least_conn",
                 ("hash", [key, rest @ ..]) if hash_key_supported(key) && rest.len() <= 1 => {
                     if rest.first().is_none_or(|c| c != "consistent") {
                         self.note(
@@ -365,23 +409,43 @@ impl Converter {
                             "limpet's hash is always consistent: keys map differently",
                         );
                     }
-                    balance = "hash";
                     fields.push(("hash_key", Val::Str(key.clone())));
+                    "hash"
                 }
-                ("hash", _) => self.note(
-                    x,
-                    "limpet hashes only $remote_addr, $cookie_*, $arg_*, $http_*",
-                ),
-                ("keepalive", [n]) => match n.parse() {
-                    Ok(n) => fields.push(("keepalive", Val::Int(n))),
-                    Err(_) => self.note(x, "keepalive must be a count"),
-                },
-                _ => self.unmapped(x),
-            }
+                ("hash", _) => {
+                    self.note(
+                        x,
+                        "limpet hashes only $remote_addr, $cookie_*, $arg_*, $http_*",
+                    );
+                    continue;
+                }
+                ("keepalive", [n]) if n.parse::<u64>().is_ok() => {
+                    fields.push(("keepalive", Val::Int(n.parse().unwrap_or_default())));
+                    continue;
+                }
+                _ => {
+                    self.unmapped(x);
+                    continue;
+                }
+            };
+            fields[0].1 = Val::Str(balance.into());
         }
-        fields.insert(0, ("balance", Val::Str(balance.into())));
         if servers.is_empty() {
             self.note(d, "upstream has no server limpet can use");
+        }
+        let nginx_name = &d.args[0];
+        let name = match self.upstream_names.get(nginx_name) {
+            Some(name) => name.clone(),
+            None => self.fresh_name(nginx_name),
+        };
+        if self.upstreams.iter().any(|u| u.name == name) {
+            return self.note(d, "duplicate upstream: nginx refuses it too");
+        }
+        if name != *nginx_name {
+            self.note(
+                d,
+                &format!("renamed {name}: limpet names hold letters, digits, _ and - only"),
+            );
         }
         self.upstreams.push(Upstream {
             name,
@@ -400,39 +464,32 @@ impl Converter {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             match server_param(k, v) {
                 Some(field) => t.push(field),
-                None => self.note(d, &format!("parameter {p} has no limpet equivalent")),
+                None => self.note(d, &format!("parameter {p} not translated")),
             }
         }
         Some(t)
     }
 
-    fn server(&mut self, server: &Directive, block: &[Directive], parent: &Settings) {
-        let s = self.settings(block, false).over(parent);
+    /// One nginx `server`: its plain and its `ssl` listens become two limpet servers.
+    fn server(&mut self, server: &Directive, block: &[Directive], parent: &Table) {
+        let s = over(self.settings(block, false), parent);
         let (mut plain, mut secure, mut names, mut locations) = (vec![], vec![], vec![], vec![]);
         let (mut ssl_on, mut proxy_protocol) = (false, false);
         for d in block {
             match (d.name.as_str(), d.block.as_ref()) {
-                ("listen", None) => match listen(d) {
-                    Some((addr, ssl, pp, extra)) => {
-                        if !extra.is_empty() {
-                            self.note(
-                                d,
-                                &format!("{} ignored: no limpet equivalent", extra.join(" ")),
-                            );
-                        }
+                ("listen", None) => {
+                    if let Some((addr, ssl, pp)) = self.listen(d) {
                         proxy_protocol |= pp;
-                        if ssl {
-                            secure.push(addr)
-                        } else {
-                            plain.push(addr)
+                        let list = if ssl { &mut secure } else { &mut plain };
+                        if !list.contains(&addr) {
+                            list.push(addr);
                         }
                     }
-                    None => self.note(d, "limpet listens on TCP host:port only"),
-                },
+                }
                 ("server_name", None) => names.extend(self.server_names(d)),
                 ("ssl", None) if d.args == ["on"] => ssl_on = true,
                 ("location", Some(b)) => locations.extend(self.location(d, b, &s)),
-                (name, None) if is_setting(name, false) => {}
+                (name, None) if inherited(name, false).is_some() => {}
                 _ => self.unmapped(d),
             }
         }
@@ -443,13 +500,21 @@ impl Converter {
             self.note(server, "no listen: nginx's default 0.0.0.0:80 used");
             plain.push("0.0.0.0:80".into());
         }
-        if !secure.is_empty() && (s.cert.is_none() || s.key.is_none()) {
-            self.note(
-                server,
-                "ssl listen without ssl_certificate and ssl_certificate_key: tls left out",
-            );
-        }
-        for (listens, tls) in [(plain, false), (secure, true)] {
+        let tls = match (get(&s, "cert"), get(&s, "key")) {
+            (Some(Val::Str(cert)), Some(Val::Str(key))) => Some(Val::Map(vec![
+                ("cert".into(), cert.clone()),
+                ("key".into(), key.clone()),
+            ])),
+            _ if !secure.is_empty() => {
+                self.note(
+                    server,
+                    "ssl listen without ssl_certificate and its key: no tls",
+                );
+                None
+            }
+            _ => None,
+        };
+        for (listens, tls) in [(plain, None), (secure, tls)] {
             if listens.is_empty() {
                 continue;
             }
@@ -457,13 +522,45 @@ impl Converter {
             if !names.is_empty() {
                 t.push(("server_name", Val::List(names.clone())));
             }
-            if let (true, Some(cert), Some(key)) = (tls, &s.cert, &s.key) {
-                let files = vec![("cert".into(), cert.clone()), ("key".into(), key.clone())];
-                t.push(("tls", Val::Map(files)));
+            t.extend(tls.map(|files| ("tls", files)));
+            if proxy_protocol {
+                t.push(("proxy_protocol", Val::Bool(true)));
             }
-            push_server_settings(&mut t, &s, proxy_protocol);
+            let keys = [
+                "trusted_proxies",
+                "client_header_timeout",
+                "keepalive_timeout",
+            ];
+            copy_keys(&mut t, &s, &keys);
             self.servers.push((t, locations.clone()));
         }
+    }
+
+    /// `listen` → (host:port, ssl, proxy_protocol); None (noted) for unix sockets.
+    fn listen(&mut self, d: &Directive) -> Option<(String, bool, bool)> {
+        let (addr, params) = d.args.split_first()?;
+        if addr.starts_with("unix:") {
+            self.note(d, "limpet listens on TCP host:port only");
+            return None;
+        }
+        let addr = match addr.strip_prefix("*:") {
+            Some(port) => format!("0.0.0.0:{port}"),
+            None if addr.bytes().all(|b| b.is_ascii_digit()) => format!("0.0.0.0:{addr}"),
+            None => with_port(addr, 80),
+        };
+        let extra: Vec<&str> = params
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !matches!(*p, "ssl" | "proxy_protocol"))
+            .collect();
+        if !extra.is_empty() {
+            self.note(
+                d,
+                &format!("{} ignored: no limpet equivalent", extra.join(" ")),
+            );
+        }
+        let has = |p: &str| params.iter().any(|x| x == p);
+        Some((addr, has("ssl"), has("proxy_protocol")))
     }
 
     fn server_names(&mut self, d: &Directive) -> Vec<String> {
@@ -480,7 +577,7 @@ impl Converter {
         out
     }
 
-    fn location(&mut self, d: &Directive, block: &[Directive], parent: &Settings) -> Option<Table> {
+    fn location(&mut self, d: &Directive, block: &[Directive], parent: &Table) -> Option<Table> {
         let path = match d.args.as_slice() {
             [p] if !p.starts_with('@') => p.clone(),
             [m, p] if m == "^~" => p.clone(),
@@ -493,12 +590,12 @@ impl Converter {
                 return None;
             }
         };
-        let s = self.settings(block, true).over(parent);
+        let s = over(self.settings(block, true), parent);
         let mut upstream = None;
         for x in block {
             match (x.name.as_str(), x.args.as_slice(), &x.block) {
                 ("proxy_pass", [url], None) => upstream = self.proxy_pass(x, url, &path),
-                (name, _, None) if is_setting(name, true) => {}
+                (name, _, None) if inherited(name, true).is_some() => {}
                 _ => self.unmapped(x),
             }
         }
@@ -507,12 +604,8 @@ impl Converter {
             return None;
         };
         let mut t: Table = vec![("path", Val::Str(path)), ("proxy_pass", Val::Str(upstream))];
-        push_str(&mut t, "connect_timeout", &s.connect_timeout);
-        push_str(&mut t, "read_timeout", &s.read_timeout);
-        if let Some(headers) = s.headers.filter(|h| !h.is_empty()) {
-            t.push(("set_header", Val::Map(headers)));
-        }
-        push_str(&mut t, "client_max_body_size", &s.max_body);
+        let keys = INHERITED[..LOCATION_KEYS].iter().map(|&(_, key, _)| key);
+        copy_keys(&mut t, &s, &keys.collect::<Vec<_>>());
         Some(t)
     }
 
@@ -521,10 +614,11 @@ impl Converter {
         let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
             (Some(rest), _) => (false, rest),
             (_, Some(rest)) => (true, rest),
-            _ => return self.skip(d, "limpet proxies to http:// and https:// only"),
+            _ => (false, ""),
         };
-        if rest.contains('$') || rest.starts_with("unix:") || rest.is_empty() {
-            return self.skip(d, "variables and unix sockets are not supported");
+        if rest.is_empty() || rest.contains('$') || rest.starts_with("unix:") {
+            self.note(d, "limpet proxies to http(s)://host[:port] only");
+            return None;
         }
         let (host, uri) = rest
             .split_once('/')
@@ -535,20 +629,14 @@ impl Converter {
                 "URI part dropped: limpet passes the request path unchanged",
             );
         }
-        let name = if self.upstream_names.contains(host) {
-            host.to_owned()
-        } else {
-            self.synthesize(host, tls)
+        let name = match self.upstream_names.get(host) {
+            Some(name) => name.clone(),
+            None => self.synthesize(host, tls),
         };
         if tls {
             self.tls_upstreams.insert(name.clone());
         }
         Some(name)
-    }
-
-    fn skip(&mut self, d: &Directive, why: &str) -> Option<String> {
-        self.note(d, why);
-        None
     }
 
     fn synthesize(&mut self, host: &str, tls: bool) -> String {
@@ -557,18 +645,7 @@ impl Converter {
         if let Some((_, name)) = self.synthesized.iter().find(|(k, _)| *k == key) {
             return name.clone();
         }
-        let base: String = host
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let mut name = base.clone();
-        for i in 2.. {
-            if !self.upstream_names.contains(&name) {
-                break;
-            }
-            name = format!("{base}_{i}");
-        }
-        self.upstream_names.insert(name.clone());
+        let name = self.fresh_name(host);
         self.synthesized.push((key, name.clone()));
         let fields = vec![("balance", Val::Str("round_robin".into()))];
         let servers = vec![vec![("addr", Val::Str(addr))]];
@@ -581,9 +658,8 @@ impl Converter {
     }
 
     fn emit(&self) -> String {
-        let mut out =
-            String::from("# limpet config converted from nginx by `limpet convert-nginx`.\n");
-        out += "# Review it, and `limpet --check` it, before use.\n";
+        let mut out = String::from("# Converted from nginx by `limpet convert-nginx`.\n");
+        out += "# Review it, and run `limpet --check` on it, before use.\n";
         for (server, locations) in &self.servers {
             write_table(&mut out, "[[server]]", "", server);
             for loc in locations {
@@ -593,8 +669,8 @@ impl Converter {
         for u in &self.upstreams {
             let key = toml_key(&u.name);
             let hint = format!(
-                "# For Socket.IO paths, balance = \"sid\" keeps each Engine.IO session on one\n\
-                 # node without ip_hash (see [upstream.{key}.sticky] in limpet's docs).\n"
+                "# Socket.IO: balance = \"sid\" (with [upstream.{key}.sticky]) keeps each\n\
+                 # Engine.IO session on its node without relying on the client address.\n"
             );
             write_table(&mut out, &format!("[upstream.{key}]"), &hint, &u.fields);
             if self.tls_upstreams.contains(&u.name) {
@@ -609,6 +685,17 @@ impl Converter {
 }
 
 // ---- helpers ----
+
+fn entry<'a>(t: &'a mut Table, key: &'static str, empty: Val) -> &'a mut Val {
+    let i = match t.iter().position(|(k, _)| *k == key) {
+        Some(i) => i,
+        None => {
+            t.push((key, empty));
+            t.len() - 1
+        }
+    };
+    &mut t[i].1
+}
 
 /// One `server` parameter of an upstream as a limpet server key.
 fn server_param(k: &str, v: &str) -> Option<(&'static str, Val)> {
@@ -627,77 +714,27 @@ fn server_param(k: &str, v: &str) -> Option<(&'static str, Val)> {
     }
 }
 
-fn is_setting(name: &str, location: bool) -> bool {
-    LOCATION_SETTINGS.contains(&name) || (!location && SERVER_SETTINGS.contains(&name))
-}
-
-fn set(slot: &mut Option<String>, value: Option<String>) -> bool {
-    let ok = value.is_some();
-    if ok {
-        *slot = value;
-    }
-    ok
-}
-
-fn push_str(t: &mut Table, key: &'static str, value: &Option<String>) {
-    if let Some(v) = value {
-        t.push((key, Val::Str(v.clone())));
-    }
-}
-
-fn push_server_settings(t: &mut Table, s: &Settings, proxy_protocol: bool) {
-    if proxy_protocol {
-        t.push(("proxy_protocol", Val::Bool(true)));
-    }
-    if let Some(cidrs) = &s.trusted {
-        t.push(("trusted_proxies", Val::List(cidrs.clone())));
-    }
-    push_str(t, "client_header_timeout", &s.header_timeout);
-    push_str(t, "keepalive_timeout", &s.keepalive_timeout);
-}
-
 /// Headers limpet sets on every proxied request, so nginx's lines for them are not needed.
 fn native_header(name: &str, value: &str) -> bool {
     match name.to_ascii_lowercase().as_str() {
         "host" => matches!(value, "$host" | "$http_host"),
-        "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "x-real-ip" => true,
-        "upgrade" | "connection" => true,
+        "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "x-real-ip" | "upgrade"
+        | "connection" => true,
         _ => false,
     }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
 }
 
 fn hash_key_supported(key: &str) -> bool {
     let name = ["$cookie_", "$arg_", "$http_"]
         .iter()
         .find_map(|p| key.strip_prefix(p));
-    key == "$remote_addr"
-        || name.is_some_and(|n| {
-            !n.is_empty()
-                && n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
-        })
-}
-
-/// `listen` → (host:port, ssl, proxy_protocol, parameters limpet ignores); None for unix sockets.
-fn listen(d: &Directive) -> Option<(String, bool, bool, Vec<String>)> {
-    let (addr, params) = d.args.split_first()?;
-    if addr.starts_with("unix:") {
-        return None;
-    }
-    let addr = match addr.strip_prefix("*:") {
-        Some(port) => format!("0.0.0.0:{port}"),
-        None if addr.bytes().all(|b| b.is_ascii_digit()) => format!("0.0.0.0:{addr}"),
-        None => with_port(addr, 80),
-    };
-    let (mut ssl, mut pp, mut extra) = (false, false, vec![]);
-    for p in params {
-        match p.as_str() {
-            "ssl" => ssl = true,
-            "proxy_protocol" => pp = true,
-            other => extra.push(other.to_owned()),
-        }
-    }
-    Some((addr, ssl, pp, extra))
+    key == "$remote_addr" || name.is_some_and(is_name)
 }
 
 /// `host` or `[v6]` gets the default port; `host:port` and `[v6]:port` are kept.
@@ -714,8 +751,7 @@ fn with_port(addr: &str, port: u16) -> String {
 
 /// nginx time (`500ms`, `60s`, `1m30s`, `1h`, bare `60` = seconds) as limpet's `Ns` / `Nms`.
 fn duration(s: &str) -> Option<String> {
-    let mut total: u64 = 0;
-    let mut rest = s.trim();
+    let (mut total, mut rest) = (0u64, s.trim());
     if rest.is_empty() {
         return None;
     }
@@ -723,9 +759,8 @@ fn duration(s: &str) -> Option<String> {
         let digits = rest
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
-        let unit_end = rest[digits..]
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .map_or(rest.len(), |i| i + digits);
+        let unit_len = rest[digits..].find(|c: char| !c.is_ascii_alphabetic());
+        let unit_end = unit_len.map_or(rest.len(), |i| i + digits);
         let n: u64 = rest[..digits].parse().ok()?;
         let ms: u64 = match &rest[digits..unit_end] {
             "ms" => 1,
@@ -749,13 +784,12 @@ fn duration(s: &str) -> Option<String> {
 
 /// nginx size (`1024`, `8k`, `1m`, `1g`) in lower case.
 fn size(s: &str) -> Option<String> {
-    let digits = s.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G']);
-    let ok = !digits.is_empty()
-        && s.len() - digits.len() <= 1
-        && digits.bytes().all(|b| b.is_ascii_digit());
+    let digits = s.strip_suffix(['k', 'K', 'm', 'M', 'g', 'G']).unwrap_or(s);
+    let ok = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
     ok.then(|| s.to_ascii_lowercase())
 }
 
+/// A directive as written, for notes.
 fn show(d: &Directive) -> String {
     let mut out = d.name.clone();
     for a in &d.args {
@@ -774,12 +808,9 @@ fn show(d: &Directive) -> String {
 }
 
 fn write_table(out: &mut String, header: &str, comment: &str, fields: &Table) {
-    out.push('\n');
-    out.push_str(header);
-    out.push('\n');
-    out.push_str(comment);
+    *out += &format!("\n{header}\n{comment}");
     for (key, val) in fields {
-        out.push_str(&format!("{key} = {}\n", toml_value(val)));
+        *out += &format!("{key} = {}\n", toml_value(val));
     }
 }
 
@@ -793,23 +824,18 @@ fn toml_value(v: &Val) -> String {
             l.iter().map(|s| toml_str(s)).collect::<Vec<_>>().join(", ")
         ),
         Val::Map(m) => {
-            let pairs: Vec<String> = m
+            let pairs = m
                 .iter()
-                .map(|(k, v)| format!("{} = {}", toml_key(k), toml_str(v)))
-                .collect();
-            format!("{{ {} }}", pairs.join(", "))
+                .map(|(k, v)| format!("{} = {}", toml_key(k), toml_str(v)));
+            format!("{{ {} }}", pairs.collect::<Vec<_>>().join(", "))
         }
     }
 }
 
 fn toml_key(k: &str) -> String {
-    let bare = !k.is_empty()
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
-    if bare {
-        k.to_owned()
-    } else {
-        toml_str(k)
+    match is_name(k) {
+        true => k.to_owned(),
+        false => toml_str(k),
     }
 }
 
@@ -822,7 +848,7 @@ fn toml_str(s: &str) -> String {
             '\\' => out += "\\\\",
             '\n' => out += "\\n",
             '\t' => out += "\\t",
-            c if c.is_control() => out += &format!("\\u{:04X}", c as u32),
+            c if c.is_control() => out += &format!("\\u{:04X}", u32::from(c)),
             c => out.push(c),
         }
     }
@@ -892,51 +918,68 @@ http {
         (value, c.unmapped)
     }
 
-    fn has_note(notes: &[String], prefix: &str) -> bool {
-        notes.iter().any(|n| n.starts_with(prefix))
+    /// The value at a dotted path (`server.0.listen`); a missing key is `false`.
+    fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
+        path.split('.').fold(v, |v, key| {
+            let next = match key.parse::<usize>() {
+                Ok(i) => v.get(i),
+                Err(_) => v.get(key),
+            };
+            next.unwrap_or(&Value::Boolean(false))
+        })
+    }
+
+    fn text<'a>(v: &'a Value, path: &str) -> &'a str {
+        at(v, path)
+            .as_str()
+            .unwrap_or_else(|| panic!("{path}: {:?}", at(v, path)))
+    }
+
+    fn texts<'a>(v: &'a Value, path: &str) -> Vec<&'a str> {
+        at(v, path)
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect()
+    }
+
+    fn assert_notes(notes: &[String], prefixes: &[&str]) {
+        for prefix in prefixes {
+            assert!(
+                notes.iter().any(|n| n.starts_with(prefix)),
+                "{prefix}\n{notes:#?}"
+            );
+        }
     }
 
     #[test]
     fn socket_io_multiple_nodes() {
         let (v, notes) = convert_ok(SOCKET_IO_NODES);
-        let server = &v["server"][0];
-        assert_eq!(server["listen"], Value::Array(vec!["0.0.0.0:3000".into()]));
-        assert_eq!(
-            server["server_name"],
-            Value::Array(vec!["io.yourhost.com".into()])
-        );
-        let loc = &server["location"][0];
-        assert_eq!(loc["path"].as_str(), Some("/"));
-        assert_eq!(loc["proxy_pass"].as_str(), Some("nodes"));
-        assert!(
-            loc.get("set_header").is_none(),
-            "limpet sets all of these itself"
-        );
-        let nodes = &v["upstream"]["nodes"];
-        assert_eq!(nodes["balance"].as_str(), Some("ip_hash"));
-        let addrs: Vec<_> = nodes["server"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["addr"].clone())
+        assert_eq!(texts(&v, "server.0.listen"), ["0.0.0.0:3000"]);
+        assert_eq!(texts(&v, "server.0.server_name"), ["io.yourhost.com"]);
+        assert_eq!(text(&v, "server.0.location.0.path"), "/");
+        assert_eq!(text(&v, "server.0.location.0.proxy_pass"), "nodes");
+        assert!(at(&v, "server.0.location.0").get("set_header").is_none());
+        assert_eq!(text(&v, "upstream.nodes.balance"), "ip_hash");
+        let addrs: Vec<_> = (0..3)
+            .map(|i| text(&v, &format!("upstream.nodes.server.{i}.addr")))
             .collect();
+        assert_eq!(addrs, ["app01:3000", "app02:3000", "app03:3000"]);
         assert_eq!(
-            addrs,
-            vec![
-                Value::from("app01:3000"),
-                "app02:3000".into(),
-                "app03:3000".into()
-            ]
+            at(&v, "upstream.nodes.server").as_array().map(Vec::len),
+            Some(3)
         );
-        for prefix in [
-            "line 8: proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for (limpet sets",
-            "line 9: proxy_set_header Host $host (limpet sets",
-            "line 14: proxy_http_version 1.1 (",
-            "line 15: proxy_set_header Upgrade",
-            "line 16: proxy_set_header Connection upgrade (",
-        ] {
-            assert!(has_note(&notes, prefix), "{prefix}\n{notes:#?}");
-        }
+        assert_notes(
+            &notes,
+            &[
+                "line 8: proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for (limpet sets",
+                "line 9: proxy_set_header Host $host (limpet sets",
+                "line 14: proxy_http_version 1.1 (",
+                "line 15: proxy_set_header Upgrade $http_upgrade (limpet sets",
+                "line 16: proxy_set_header Connection upgrade (limpet sets",
+            ],
+        );
         assert_eq!(notes.len(), 5, "{notes:#?}");
         assert!(convert(SOCKET_IO_NODES)
             .unwrap()
@@ -948,35 +991,26 @@ http {
     fn socket_io_hash_variant() {
         let conf = SOCKET_IO_NODES.replace("ip_hash;", "hash $remote_addr consistent;");
         let (v, _) = convert_ok(&conf);
-        assert_eq!(v["upstream"]["nodes"]["balance"].as_str(), Some("hash"));
-        assert_eq!(
-            v["upstream"]["nodes"]["hash_key"].as_str(),
-            Some("$remote_addr")
-        );
+        assert_eq!(text(&v, "upstream.nodes.balance"), "hash");
+        assert_eq!(text(&v, "upstream.nodes.hash_key"), "$remote_addr");
     }
 
     #[test]
     fn nginx_websocket_example() {
         let (v, notes) = convert_ok(NGINX_WEBSOCKET);
-        let server = &v["server"][0];
-        assert_eq!(server["listen"], Value::Array(vec!["0.0.0.0:80".into()]));
-        assert_eq!(server["location"][0]["path"].as_str(), Some("/chat/"));
-        assert_eq!(
-            server["location"][0]["proxy_pass"].as_str(),
-            Some("backend")
+        assert_eq!(texts(&v, "server.0.listen"), ["0.0.0.0:80"]);
+        assert_eq!(text(&v, "server.0.location.0.path"), "/chat/");
+        assert_eq!(text(&v, "server.0.location.0.proxy_pass"), "backend");
+        assert_eq!(text(&v, "upstream.backend.balance"), "round_robin");
+        assert_eq!(text(&v, "upstream.backend.server.0.addr"), "backend:80");
+        assert_notes(
+            &notes,
+            &[
+                "line 3: map $http_upgrade $connection_upgrade { … } (limpet handles",
+                "line 8: server { … } (no listen",
+                "line 13: proxy_set_header Connection $connection_upgrade (limpet sets",
+            ],
         );
-        let backend = &v["upstream"]["backend"];
-        assert_eq!(backend["balance"].as_str(), Some("round_robin"));
-        assert_eq!(backend["server"][0]["addr"].as_str(), Some("backend:80"));
-        assert!(has_note(
-            &notes,
-            "line 3: map $http_upgrade $connection_upgrade { … } (limpet handles"
-        ));
-        assert!(has_note(&notes, "line 8: server { … } (no listen"));
-        assert!(has_note(
-            &notes,
-            "line 13: proxy_set_header Connection $connection_upgrade (limpet sets"
-        ));
     }
 
     #[test]
@@ -986,20 +1020,13 @@ http {
             location /api/ { proxy_pass http://localhost:3000/api/; }
             location /s/ { proxy_pass https://[::1]; } }";
         let (v, notes) = convert_ok(conf);
-        let locs = v["server"][0]["location"].as_array().unwrap();
-        assert_eq!(locs[0]["proxy_pass"].as_str(), Some("localhost_3000"));
-        assert_eq!(locs[1]["proxy_pass"].as_str(), Some("localhost_3000"));
-        assert_eq!(locs[2]["proxy_pass"].as_str(), Some("___1_"));
-        assert_eq!(
-            v["upstream"]["___1_"]["server"][0]["addr"].as_str(),
-            Some("[::1]:443")
-        );
-        assert_eq!(v["upstream"]["___1_"]["tls"].as_bool(), Some(true));
-        assert_eq!(v["upstream"].as_table().unwrap().len(), 2);
-        assert!(has_note(
-            &notes,
-            "line 1: root /var/www (no limpet equivalent)"
-        ));
+        assert_eq!(text(&v, "server.0.location.0.proxy_pass"), "localhost_3000");
+        assert_eq!(text(&v, "server.0.location.1.proxy_pass"), "localhost_3000");
+        assert_eq!(text(&v, "server.0.location.2.proxy_pass"), "___1_");
+        assert_eq!(text(&v, "upstream.___1_.server.0.addr"), "[::1]:443");
+        assert_eq!(at(&v, "upstream.___1_.tls").as_bool(), Some(true));
+        assert_eq!(at(&v, "upstream").as_table().map(|t| t.len()), Some(2));
+        assert_notes(&notes, &["line 1: root /var/www (no limpet equivalent)"]);
         assert!(!notes.iter().any(|n| n.contains("URI part")), "{notes:#?}");
     }
 
@@ -1038,84 +1065,98 @@ server {
 }
 "#;
         let (v, notes) = convert_ok(conf);
-        let servers = v["server"].as_array().unwrap();
-        assert_eq!(servers.len(), 2, "plain and TLS listens become two servers");
         assert_eq!(
-            servers[0]["listen"],
-            Value::Array(vec!["0.0.0.0:80".into()])
+            at(&v, "server").as_array().map(Vec::len),
+            Some(2),
+            "plain + TLS"
         );
-        assert!(servers[0].get("tls").is_none());
-        let tls_listens = Value::Array(vec!["[::]:443".into(), "0.0.0.0:8443".into()]);
-        assert_eq!(servers[1]["listen"], tls_listens);
+        assert_eq!(texts(&v, "server.0.listen"), ["0.0.0.0:80"]);
+        assert!(at(&v, "server.0").get("tls").is_none());
+        assert_eq!(texts(&v, "server.1.listen"), ["[::]:443", "0.0.0.0:8443"]);
+        assert_eq!(text(&v, "server.1.tls.key"), "/etc/ssl/example.key");
+        assert_eq!(at(&v, "server.1.proxy_protocol").as_bool(), Some(true));
         assert_eq!(
-            servers[1]["tls"]["key"].as_str(),
-            Some("/etc/ssl/example.key")
+            texts(&v, "server.0.server_name"),
+            ["example.com", "*.example.com"]
         );
-        assert_eq!(servers[1]["proxy_protocol"].as_bool(), Some(true));
-        let names = Value::Array(vec!["example.com".into(), "*.example.com".into()]);
-        assert_eq!(servers[0]["server_name"], names);
+        assert_eq!(texts(&v, "server.0.trusted_proxies"), ["10.0.0.0/8"]);
         assert_eq!(
-            servers[0]["trusted_proxies"][0].as_str(),
-            Some("10.0.0.0/8")
+            at(&v, "server.1.location").as_array().map(Vec::len),
+            Some(2)
         );
-        let locs = servers[1]["location"].as_array().unwrap();
-        assert_eq!(locs.len(), 2);
-        assert_eq!(locs[0]["read_timeout"].as_str(), Some("90s"));
-        assert_eq!(locs[0]["connect_timeout"].as_str(), Some("500ms"));
-        assert_eq!(locs[0]["set_header"]["X-Team"].as_str(), Some("edge ops"));
-        assert_eq!(locs[0]["client_max_body_size"].as_str(), Some("10m"));
-        assert_eq!(locs[1]["path"].as_str(), Some("/health"));
-        assert_eq!(locs[1]["read_timeout"].as_str(), Some("90s"));
+        assert_eq!(text(&v, "server.1.location.0.read_timeout"), "90s");
+        assert_eq!(text(&v, "server.1.location.0.connect_timeout"), "500ms");
+        assert_eq!(
+            text(&v, "server.1.location.0.set_header.X-Team"),
+            "edge ops"
+        );
+        assert_eq!(text(&v, "server.1.location.0.client_max_body_size"), "10m");
+        assert_eq!(text(&v, "server.1.location.1.path"), "/health");
+        assert_eq!(text(&v, "server.1.location.1.read_timeout"), "90s");
+        let headers = at(&v, "server.1.location.1.set_header");
         assert!(
-            locs[1]["set_header"].get("X-Team").is_none(),
+            headers.get("X-Team").is_none(),
             "nginx does not merge header lists"
         );
-        let io = &v["upstream"]["io"];
-        assert_eq!(io["balance"].as_str(), Some("least_conn"));
-        assert_eq!(io["keepalive"].as_integer(), Some(32));
-        let first = &io["server"][0];
-        assert_eq!(first["weight"].as_integer(), Some(5));
-        assert_eq!(first["max_fails"].as_integer(), Some(3));
-        assert_eq!(first["fail_timeout"].as_str(), Some("60s"));
-        assert_eq!(first["max_conns"].as_integer(), Some(100));
-        assert_eq!(io["server"][1]["addr"].as_str(), Some("10.0.0.2:80"));
-        assert_eq!(io["server"][1]["backup"].as_bool(), Some(true));
-        assert_eq!(io["server"][2]["down"].as_bool(), Some(true));
-        assert_eq!(io["server"].as_array().unwrap().len(), 3);
+        assert_eq!(text(&v, "upstream.io.balance"), "least_conn");
+        assert_eq!(at(&v, "upstream.io.keepalive").as_integer(), Some(32));
+        let first = at(&v, "upstream.io.server.0");
+        let ints = ["weight", "max_fails", "max_conns"].map(|k| first[k].as_integer());
+        assert_eq!(ints, [Some(5), Some(3), Some(100)]);
+        assert_eq!(text(first, "fail_timeout"), "60s");
+        assert_eq!(text(&v, "upstream.io.server.1.addr"), "10.0.0.2:80");
+        assert_eq!(at(&v, "upstream.io.server.1.backup").as_bool(), Some(true));
+        assert_eq!(at(&v, "upstream.io.server.2.down").as_bool(), Some(true));
         assert_eq!(
-            v["upstream"]["cache"]["balance"].as_str(),
-            Some("round_robin")
+            at(&v, "upstream.io.server").as_array().map(Vec::len),
+            Some(3)
         );
-        for prefix in [
-            "line 5: zone io 64k (",
-            "line 7: server 10.0.0.2 backup slow_start=30s (parameter slow_start=30s",
-            "line 9: server unix:/tmp/io.sock (",
-            "line 11: hash $request_uri consistent (limpet hashes only",
-            "line 14: listen [::]:443 ssl http2 (http2 ignored",
-            "line 26: proxy_buffering off (",
-            "line 28: location = /health { … } (exact match",
-            "line 29: location ~ \\.php$ { … } (",
-            "line 30: location /static/ { … } (no proxy_pass",
-            "line 30: root /srv (",
-        ] {
-            assert!(has_note(&notes, prefix), "{prefix}\n{notes:#?}");
-        }
+        assert_eq!(text(&v, "upstream.cache.balance"), "round_robin");
+        assert_notes(
+            &notes,
+            &[
+                "line 5: zone io 64k (",
+                "line 7: server 10.0.0.2 backup slow_start=30s (parameter slow_start=30s not",
+                "line 9: server unix:/tmp/io.sock (",
+                "line 11: hash $request_uri consistent (limpet hashes only",
+                "line 14: listen [::]:443 ssl http2 (http2 ignored",
+                "line 26: proxy_buffering off (",
+                "line 28: location = /health { … } (exact match",
+                "line 29: location ~ \\.php$ { … } (",
+                "line 30: location /static/ { … } (no proxy_pass",
+                "line 30: root /srv (",
+            ],
+        );
     }
 
     #[test]
     fn quoting_comments_and_variables() {
         let conf = "server { listen 127.0.0.1:8080; # comment ; {\n location '/a b' {
             proxy_pass http://up; proxy_set_header \"X-Q\" 'say \"hi\";'; } }
-            upstream up { server ${host}x:1; }";
+            upstream up { server ${host}x:1; }
+            upstream io.nodes { server a:1; }
+            server { listen 81; listen 0.0.0.0:81; location / { proxy_pass http://io.nodes; } }
+            upstream io.nodes { server b:1; }";
         let (v, notes) = convert_ok(conf);
-        let loc = &v["server"][0]["location"][0];
-        assert_eq!(loc["path"].as_str(), Some("/a b"));
-        assert_eq!(loc["set_header"]["X-Q"].as_str(), Some("say \"hi\";"));
+        assert_eq!(texts(&v, "server.0.listen"), ["127.0.0.1:8080"]);
+        assert_eq!(text(&v, "server.0.location.0.path"), "/a b");
         assert_eq!(
-            v["upstream"]["up"]["server"][0]["addr"].as_str(),
-            Some("${host}x:1")
+            text(&v, "server.0.location.0.set_header.X-Q"),
+            "say \"hi\";"
         );
-        assert!(notes.is_empty(), "{notes:#?}");
+        assert_eq!(text(&v, "upstream.up.server.0.addr"), "${host}x:1");
+        assert_eq!(texts(&v, "server.1.listen"), ["0.0.0.0:81"]);
+        assert_eq!(text(&v, "server.1.location.0.proxy_pass"), "io_nodes");
+        assert_eq!(text(&v, "upstream.io_nodes.server.0.addr"), "a:1");
+        assert_notes(
+            &notes,
+            &["line 5: upstream io.nodes { … } (renamed io_nodes:"],
+        );
+        assert_notes(
+            &notes,
+            &["line 7: upstream io.nodes { … } (duplicate upstream"],
+        );
+        assert_eq!(notes.len(), 2, "{notes:#?}");
     }
 
     #[test]
@@ -1136,24 +1177,23 @@ server {
 
     #[test]
     fn durations_and_sizes() {
-        let cases = [
+        for (nginx, limpet) in [
             ("60", "60s"),
-            ("60s", "60s"),
             ("1m", "60s"),
             ("500ms", "500ms"),
             ("1m30s", "90s"),
-        ];
-        for (nginx, limpet) in cases {
+        ] {
             assert_eq!(duration(nginx).as_deref(), Some(limpet), "{nginx}");
         }
         assert_eq!(duration("1h 1ms").as_deref(), Some("3600001ms"));
         for bad in ["", "s", "1x", "-1s", "1.5s", "99999999999999999999y"] {
             assert_eq!(duration(bad), None, "{bad}");
         }
-        assert_eq!(size("1M").as_deref(), Some("1m"));
-        assert_eq!(size("0").as_deref(), Some("0"));
-        assert_eq!(size("1kk"), None);
-        assert_eq!(size("m"), None);
+        assert_eq!(
+            (size("1M").as_deref(), size("0").as_deref()),
+            (Some("1m"), Some("0"))
+        );
+        assert_eq!((size("1kk"), size("m")), (None, None));
     }
 
     proptest! {

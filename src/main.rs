@@ -76,6 +76,11 @@ fn check(path: &std::path::Path, loaded: &config::Loaded) -> ExitCode {
 }
 
 fn run(path: PathBuf, loaded: config::Loaded) -> ExitCode {
+    // Each tunnel holds two sockets: take every file descriptor the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     let workers = match loaded.config.global.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,

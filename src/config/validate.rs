@@ -244,7 +244,7 @@ fn upstream(c: &mut Checker, path: &str, name: &str, u: &RawUpstream) -> Upstrea
     if u.server.is_empty() {
         c.error(
             format!("{path}.server"),
-            "an upstream needs at least one server",
+            format!("at least one [[{path}.server]] is needed"),
         );
     }
     let servers: Vec<ServerSpec> = u
@@ -657,9 +657,17 @@ fn location(
             None
         }
         Some(name) if !ups.contains_key(name) => {
+            let known: Vec<&str> = ups.keys().map(String::as_str).collect();
             c.error(
                 format!("{path}.proxy_pass"),
-                format!("no upstream named {name:?}"),
+                format!(
+                    "no upstream named {name:?} (defined: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
             );
             None
         }
@@ -739,7 +747,7 @@ fn check_listen_conflicts(c: &mut Checker, servers: &[ServerBlock], admin: Optio
                 None => {
                     first_use.insert(*addr, i);
                 }
-                Some(&k) => check_shared_listen(c, &path, addr, &servers[k], s),
+                Some(&k) => check_shared_listen(c, &path, addr, (k, &servers[k]), s),
             }
         }
     }
@@ -749,17 +757,22 @@ fn check_shared_listen(
     c: &mut Checker,
     path: &str,
     addr: &SocketAddr,
-    a: &ServerBlock,
+    (k, a): (usize, &ServerBlock),
     b: &ServerBlock,
 ) {
     if a.tls.is_some() != b.tls.is_some() || a.proxy_protocol != b.proxy_protocol {
         c.error(
             path,
             format!(
-                "{addr} is used by another [[server]] with different tls/proxy_protocol settings"
+                "{addr} is also used by server[{k}] with different tls/proxy_protocol settings"
             ),
         );
     } else if a.server_name.is_empty() && b.server_name.is_empty() {
-        c.error(path, format!("duplicate listen address {addr}: both [[server]] blocks would take every Host (give them server_name)"));
+        c.error(
+            path,
+            format!(
+                "duplicate listen address {addr}: server[{k}] listens there too and neither has a server_name to tell them apart"
+            ),
+        );
     }
 }
