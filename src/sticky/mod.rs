@@ -5,6 +5,7 @@
 //! - [`table`]: the sharded, bounded, expiring in-memory [`SessionTable`].
 
 pub mod engineio;
+pub mod store;
 pub mod table;
 
 pub use table::{ServerId, SessionTable};
