@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, Logged};
 use crate::config::{self, Config, Problem};
 use crate::listener::{Listeners, Permit};
 use crate::metrics::metrics;
@@ -111,9 +111,9 @@ impl App {
         *self.stopping.borrow()
     }
 
-    /// Writes a request's access log line, if the access log is on.
-    pub fn access_log(&self, client: &ClientInfo, out: &Outcome) {
-        self.access_log.load().record(client, out);
+    /// The response of a request, with its access log line to come (when the access log is on).
+    pub fn access_log(&self, client: &ClientInfo, out: Outcome) -> http::Response<Logged> {
+        self.access_log.load().record(client, out)
     }
 
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Listeners> {
@@ -123,7 +123,22 @@ impl App {
     /// Re-reads the config file and swaps in a new snapshot; on any error the running config stays.
     pub async fn reload(self: &Arc<Self>) -> Result<(), ApplyError> {
         let _one_at_a_time = self.reloading.lock().await;
-        let result = self.try_reload();
+        // Loading resolves host names (blocking): keep it off the runtime's worker threads.
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(config::ConfigError {
+                    file: self.config_path.display().to_string(),
+                    problems: vec![Problem {
+                        path: String::new(),
+                        message: format!("config loader failed: {e}"),
+                    }],
+                })
+            });
+        let result = loaded
+            .map_err(ApplyError::from)
+            .and_then(|loaded| self.try_reload(loaded));
         let label = if result.is_ok() { "ok" } else { "error" };
         metrics().config_reloads.with_label_values(&[label]).inc();
         match &result {
@@ -136,8 +151,7 @@ impl App {
         result
     }
 
-    fn try_reload(self: &Arc<Self>) -> Result<(), ApplyError> {
-        let loaded = config::load(&self.config_path)?;
+    fn try_reload(self: &Arc<Self>, loaded: config::Loaded) -> Result<(), ApplyError> {
         for w in &loaded.warnings {
             warn!("config: {w}");
         }

@@ -9,14 +9,13 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::HealthCheck;
 use crate::runtime::Snapshot;
 use crate::sticky::engineio;
-use crate::upstream::{Health, Upstream};
+use crate::upstream::{Health, Pool, Upstream};
 
 /// Most body bytes a check reads.
 const BODY_LIMIT: usize = 16 * 1024;
@@ -26,11 +25,13 @@ pub fn start(snap: &Arc<Snapshot>, stop: watch::Receiver<bool>) {
     for up in snap.upstreams.values() {
         let Some(hc) = up.config.health_check.clone() else {
             for p in &up.peers {
+                p.state.set_checked(false);
                 p.state.set_health(Health::Up);
             }
             continue;
         };
         for index in 0..up.peers.len() {
+            up.peers[index].state.set_checked(true);
             tokio::spawn(check_loop(up.clone(), index, hc.clone(), stop.clone()));
         }
     }
@@ -139,7 +140,7 @@ async fn check_once(up: &Upstream, index: usize, hc: &HealthCheck) -> Result<(),
     let host = hc.host.clone().unwrap_or_else(|| peer.spec.name.clone());
     let (status, body) = tokio::time::timeout(
         hc.timeout,
-        get(peer.spec.addr, &host, Method::GET, &hc.path, Bytes::new()),
+        get(&peer.pool, &host, Method::GET, &hc.path, Bytes::new()),
     )
     .await
     .map_err(|_| "timed out".to_string())??;
@@ -150,7 +151,7 @@ async fn check_once(up: &Upstream, index: usize, hc: &HealthCheck) -> Result<(),
         return Ok(());
     }
     let sid = engineio::handshake_sid(&body).ok_or("no Engine.IO open packet")?;
-    close_session(peer.spec.addr, &host, &hc.path, sid, hc.timeout).await;
+    close_session(&peer.pool, &host, &hc.path, sid, hc.timeout).await;
     Ok(())
 }
 
@@ -160,31 +161,24 @@ fn is_engineio(path: &str) -> bool {
 }
 
 /// Closes the session a check opened: a polling POST of the close packet.
-async fn close_session(
-    addr: std::net::SocketAddr,
-    host: &str,
-    path: &str,
-    sid: &str,
-    timeout: Duration,
-) {
+async fn close_session(pool: &Pool, host: &str, path: &str, sid: &str, timeout: Duration) {
     let eio3 = path.contains("EIO=3");
     let body = Bytes::from_static(if eio3 { b"1:1" } else { b"1" });
     let sep = if path.contains('?') { '&' } else { '?' };
     let url = format!("{path}{sep}sid={sid}");
-    let _ = tokio::time::timeout(timeout, get(addr, host, Method::POST, &url, body)).await;
+    let _ = tokio::time::timeout(timeout, get(pool, host, Method::POST, &url, body)).await;
 }
 
-/// A one-off request on a fresh connection: (status, body up to BODY_LIMIT).
+/// A one-off request on a fresh connection (TLS for a TLS upstream): (status, body up to BODY_LIMIT).
 async fn get(
-    addr: std::net::SocketAddr,
+    pool: &Pool,
     host: &str,
     method: Method,
     path: &str,
     body: Bytes,
 ) -> Result<(u16, Bytes), String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    // The caller's timeout bounds the whole check.
+    let stream = pool.open(Duration::MAX).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;

@@ -5,10 +5,11 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,11 +20,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::app::App;
-use crate::proxy::{self, ClientInfo, ConnHold};
+use crate::proxy::body::Held;
+use crate::proxy::{self, ClientInfo, ConnHold, HeadCounts, HeadScan};
 use crate::proxy_protocol::{self, ProxyHeader};
 use prometheus::IntGauge;
 
@@ -115,14 +118,15 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds every address of `wanted` not yet listening. On any failure nothing new is kept.
+    /// Binds every address of `wanted` not yet listening, once each (blocks sharing an address share its socket).
+    /// On any failure nothing new is kept.
     pub fn bind_new(
         &self,
         wanted: impl Iterator<Item = SocketAddr>,
     ) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
-        let mut bound = Vec::new();
+        let mut bound: Vec<(SocketAddr, TcpListener)> = Vec::new();
         for addr in wanted {
-            if self.running.contains_key(&addr) {
+            if self.running.contains_key(&addr) || bound.iter().any(|(a, _)| *a == addr) {
                 continue;
             }
             match bind(addr) {
@@ -269,22 +273,30 @@ async fn serve_http(
     client: ClientInfo,
 ) {
     let service_app = app.clone();
-    let service = service_fn(move |req| {
+    let phase = Arc::new(ConnPhase::default());
+    let io = IdleIo::new(io, phase.clone(), block);
+    let service = service_fn(move |mut req| {
+        let busy = Busy::new(&phase, &mut req);
         let app = service_app.clone();
         let client = client.clone();
         async move {
             let out = proxy::handle(app.snapshot(), &client, req).await;
-            app.access_log(&client, &out);
-            Ok::<_, Infallible>(out.response)
+            let resp = app.access_log(&client, out);
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                busy.0.tunnel.store(true, Relaxed);
+            }
+            Ok::<_, Infallible>(resp.map(|body| Held::new(body, busy)))
         }
     });
     let mut builder = http1::Builder::new();
+    // Header, keep-alive and send deadlines are IdleIo's; hyper's header timer would count keep-alive idle time.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(block.client_header_timeout)
+        .header_read_timeout(None)
         .max_headers(MAX_HEADERS)
+        .max_header_size(block.max_header_bytes)
         .max_buf_size(block.max_header_bytes.max(8192))
-        .keep_alive(true);
+        .keep_alive(!block.keepalive_timeout.is_zero());
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -333,5 +345,247 @@ impl Drop for Permit {
     fn drop(&mut self) {
         self.count.fetch_sub(1, Relaxed);
         self.gauge.dec();
+    }
+}
+
+/// What a connection's service tells its [`IdleIo`]: a request is being served, or the connection has become a
+/// tunnel (which keeps its own idle timeout).
+#[derive(Default)]
+struct ConnPhase {
+    requests: AtomicU64,
+    busy: AtomicBool,
+    tunnel: AtomicBool,
+    /// The framing lines of a head seen whole: (its request number, from 1) << 16 | te << 8 | cl.
+    head: AtomicU64,
+}
+
+impl ConnPhase {
+    /// The counts of request number `n`'s head, when IdleIo saw all of it.
+    fn head_counts(&self, n: u64) -> Option<HeadCounts> {
+        let packed = self.head.load(Relaxed);
+        (packed >> 16 == n).then(|| HeadCounts {
+            content_length: packed as u8,
+            transfer_encoding: (packed >> 8) as u8,
+        })
+    }
+}
+
+/// A request in progress, from its parsed head until hyper drops its response body (hyper serves one request of
+/// a connection at a time).
+struct Busy(Arc<ConnPhase>);
+
+impl Busy {
+    /// Marks request `req` in progress, with the framing counts of its head when they are known.
+    fn new<B>(phase: &Arc<ConnPhase>, req: &mut http::Request<B>) -> Busy {
+        let n = phase.requests.fetch_add(1, Relaxed) + 1;
+        phase.busy.store(true, Relaxed);
+        if let Some(counts) = phase.head_counts(n) {
+            req.extensions_mut().insert(counts);
+        }
+        Busy(phase.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Relaxed);
+    }
+}
+
+/// Client IO with the connection's deadlines, one timer per connection, re-armed only when it fires early:
+/// - the first request head must be complete within `client_header_timeout` of the connection's start; a later
+///   one must start within `keepalive_timeout` of the last byte moved (else the connection closes quietly) and be
+///   complete within `client_header_timeout` of its first byte;
+/// - a write that makes no progress for `client_header_timeout` (a client that does not read) ends it;
+/// - no read deadline while a request is served (its body has its own), none at all once it is a tunnel.
+struct IdleIo {
+    inner: ClientStream,
+    phase: Arc<ConnPhase>,
+    header_timeout: Duration,
+    keepalive_timeout: Duration,
+    seen_requests: u64,
+    /// When the first byte of the head being read arrived (the connection's start for the first head).
+    head_started: Option<Instant>,
+    /// The last byte moved, either way.
+    last: Instant,
+    /// Counting the framing lines of the head being read, while it is.
+    scan: Option<HeadScan>,
+    read_waiting: bool,
+    write_waiting: bool,
+    sleep: Pin<Box<Sleep>>,
+    armed: Instant,
+}
+
+impl IdleIo {
+    fn new(
+        inner: ClientStream,
+        phase: Arc<ConnPhase>,
+        block: &crate::config::ServerBlock,
+    ) -> IdleIo {
+        let now = Instant::now();
+        let armed = now + block.client_header_timeout;
+        IdleIo {
+            inner,
+            phase,
+            header_timeout: block.client_header_timeout,
+            keepalive_timeout: block.keepalive_timeout,
+            seen_requests: 0,
+            head_started: Some(now),
+            last: now,
+            scan: Some(HeadScan::default()),
+            read_waiting: false,
+            write_waiting: false,
+            sleep: Box::pin(tokio::time::sleep_until(armed)),
+            armed,
+        }
+    }
+
+    /// Forgets the head start once the service has taken the request it belonged to.
+    fn sync(&mut self) {
+        let requests = self.phase.requests.load(Relaxed);
+        if requests != self.seen_requests {
+            self.seen_requests = requests;
+            self.head_started = None;
+            self.scan = None;
+        }
+    }
+
+    /// Bytes moved (`read`: these came in).
+    fn progressed(&mut self, read: Option<&[u8]>) {
+        self.sync();
+        self.last = Instant::now();
+        let Some(bytes) = read else { return };
+        if self.phase.busy.load(Relaxed) {
+            return;
+        }
+        if self.head_started.is_none() {
+            self.head_started = Some(self.last);
+            self.scan = Some(HeadScan::default());
+        }
+        if let Some(counts) = self.scan.as_mut().and_then(|s| s.feed(bytes)) {
+            let n = self.seen_requests + 1;
+            let packed = n << 16
+                | u64::from(counts.transfer_encoding) << 8
+                | u64::from(counts.content_length);
+            self.phase.head.store(packed, Relaxed);
+            self.scan = None;
+        }
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        if self.phase.tunnel.load(Relaxed) {
+            return None;
+        }
+        self.sync();
+        let read = (self.read_waiting && !self.phase.busy.load(Relaxed)).then(|| {
+            match self.head_started {
+                Some(t) => t + self.header_timeout,
+                None => self.last + self.keepalive_timeout,
+            }
+        });
+        let write = self.write_waiting.then(|| self.last + self.header_timeout);
+        read.into_iter().chain(write).min()
+    }
+
+    /// Ready when the current deadline has passed.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let Some(deadline) = self.deadline() else {
+                return Poll::Pending;
+            };
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            if deadline < self.armed || self.sleep.is_elapsed() {
+                self.sleep.as_mut().reset(deadline);
+                self.armed = deadline;
+            }
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn poll_write_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut ClientStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match op(Pin::new(&mut self.inner), cx) {
+            Poll::Ready(r) => {
+                self.write_waiting = false;
+                self.progressed(None);
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                self.write_waiting = true;
+                match self.poll_expired(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for IdleIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.read_waiting = false;
+                if buf.filled().len() > before {
+                    this.progressed(Some(&buf.filled()[before..]));
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                this.read_waiting = true;
+                match this.poll_expired(cx) {
+                    // Idle between requests: end quietly, as a client closing would.
+                    Poll::Ready(()) if this.head_started.is_none() => Poll::Ready(Ok(())),
+                    Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for IdleIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .poll_write_with(cx, |s, cx| s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .poll_write_with(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_write_with(cx, |s, cx| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut()
+            .poll_write_with(cx, |s, cx| s.poll_shutdown(cx))
     }
 }

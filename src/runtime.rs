@@ -11,7 +11,7 @@ use crate::config::{Balance, Config, Location, Problem, ServerBlock};
 use crate::metrics::ServerMetrics;
 use crate::sticky::table::SessionTable;
 use crate::tls;
-use crate::upstream::{ServerId, ServerState, Upstream};
+use crate::upstream::{ServerId, ServerState, TlsTarget, Upstream};
 
 /// A location with its upstream resolved.
 pub struct Route {
@@ -121,7 +121,12 @@ impl Carry {
             let table = (up.balance == Balance::Sid).then(|| self.table(name, up));
             upstreams.insert(
                 name.clone(),
-                Arc::new(Upstream::new(up.clone(), states, table)),
+                Arc::new(Upstream::new(
+                    up.clone(),
+                    states,
+                    table,
+                    tls.upstreams.remove(name).unwrap_or_default(),
+                )),
             );
         }
         self.prune(&keep_servers, &upstreams);
@@ -232,7 +237,7 @@ fn listeners(
     sites_by_addr
         .into_iter()
         .map(|(addr, sites)| {
-            let tls = tls.remove(&addr);
+            let tls = tls.listeners.remove(&addr);
             (addr, Arc::new(Listener { addr, sites, tls }))
         })
         .collect()
@@ -241,10 +246,17 @@ fn listeners(
 /// Server names and the certificate they are served.
 type SniEntry = (Vec<String>, Arc<rustls::sign::CertifiedKey>);
 
-/// TLS server settings by listen address.
-pub type TlsConfigs = HashMap<SocketAddr, Arc<rustls::ServerConfig>>;
+/// TLS settings loaded from a config's files.
+#[derive(Default)]
+pub struct TlsConfigs {
+    /// Server settings by listen address.
+    pub listeners: HashMap<SocketAddr, Arc<rustls::ServerConfig>>,
+    /// For each upstream with `tls = true`: one target per server, in config order.
+    pub upstreams: HashMap<String, Vec<TlsTarget>>,
+}
 
-/// Loads the certificates of every TLS listener; a missing or mismatched pair is a problem with its key path.
+/// Loads the certificates of every TLS listener and the CAs of every TLS upstream; a missing or mismatched pair,
+/// an unusable CA bundle or a bad server name is a problem with its key path.
 pub fn tls_configs(config: &Config) -> Result<TlsConfigs, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut entries: HashMap<SocketAddr, Vec<SniEntry>> = HashMap::new();
@@ -269,11 +281,11 @@ pub fn tls_configs(config: &Config) -> Result<TlsConfigs, Vec<Problem>> {
             }),
         }
     }
-    let mut out = HashMap::new();
+    let mut out = TlsConfigs::default();
     for (addr, list) in entries {
         match tls::server_config(list) {
             Ok(c) => {
-                out.insert(addr, c);
+                out.listeners.insert(addr, c);
             }
             Err(e) => problems.push(Problem {
                 path: format!("server (listen {addr}).tls"),
@@ -281,11 +293,58 @@ pub fn tls_configs(config: &Config) -> Result<TlsConfigs, Vec<Problem>> {
             }),
         }
     }
+    for (name, up) in &config.upstreams {
+        if let Some(targets) = upstream_tls(name, up, &mut problems) {
+            out.upstreams.insert(name.clone(), targets);
+        }
+    }
     if problems.is_empty() {
         Ok(out)
     } else {
         Err(problems)
     }
+}
+
+/// The TLS targets of an upstream's servers (None when it is plain, or on a problem).
+fn upstream_tls(
+    name: &str,
+    up: &crate::config::Upstream,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<TlsTarget>> {
+    let settings = up.tls.as_ref()?;
+    let key = |k: &str| format!("upstream.{name}.{k}");
+    let client = tls::client_config(settings.ca.as_deref())
+        .map_err(|e| {
+            let at = if settings.ca.is_some() {
+                "tls_ca"
+            } else {
+                "tls"
+            };
+            problems.push(Problem {
+                path: key(at),
+                message: e.to_string(),
+            });
+        })
+        .ok()?;
+    let named = settings.server_name.as_deref();
+    let mut targets = Vec::with_capacity(up.servers.len());
+    for (i, s) in up.servers.iter().enumerate() {
+        match TlsTarget::new(client.clone(), named, &s.name) {
+            Ok(t) => targets.push(t),
+            Err(message) => {
+                let at = match named {
+                    Some(_) => "tls_server_name".to_string(),
+                    None => format!("server[{i}].addr"),
+                };
+                problems.push(Problem {
+                    path: key(&at),
+                    message,
+                });
+                return None;
+            }
+        }
+    }
+    Some(targets)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! Loading is total: every problem is collected with its key path (`upstream.io.server[2].weight`) before
 //! failing, so `limpet --check` lists them all the way `nginx -t` would if it could.
 
+mod de;
 mod raw;
 mod units;
 mod validate;
@@ -223,14 +224,25 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 /// Parses and validates config text; relative file paths in it stay relative to the working directory,
 /// as nginx's do relative to its prefix.
 pub fn parse(text: &str, _base: &Path) -> Result<Loaded, Vec<Problem>> {
-    let deserializer = toml::Deserializer::new(text);
-    let raw: raw::RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.into_inner().message().trim().to_string();
-        vec![Problem {
-            path: if path == "." { String::new() } else { path },
-            message,
-        }]
-    })?;
-    validate::validate(raw)
+    let de::Parsed {
+        raw,
+        mut problems,
+        removed,
+    } = de::parse(text);
+    let Some(raw) = raw else {
+        return Err(problems);
+    };
+    // Semantic checks run on what was understood; a key already reported as malformed is not reported again
+    // as missing.
+    match validate::validate(raw) {
+        Ok(loaded) if problems.is_empty() => Ok(loaded),
+        Ok(_) => Err(problems),
+        Err(more) => {
+            problems.extend(
+                more.into_iter()
+                    .filter(|p| !de::under_removed(&p.path, &removed)),
+            );
+            Err(problems)
+        }
+    }
 }

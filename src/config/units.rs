@@ -13,8 +13,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .map(Duration::from_secs)
             .map_err(|e| format!("invalid duration {text:?}: {e}"));
     }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("invalid duration {text:?}: {e} (write e.g. \"10s\" or \"500ms\")"))
+    humantime::parse_duration(text).map_err(|_| {
+        format!("invalid duration {text:?} (write e.g. \"10s\", \"500ms\" or \"1m 30s\")")
+    })
 }
 
 /// Parses a byte size: `"0"`, `"1024"`, `"16k"`, `"1m"`, `"1g"` (nginx suffixes, powers of 1024).

@@ -4,13 +4,11 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one hop and never cross limpet, besides those a `Connection` header names.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one hop and never cross limpet, besides those a `Connection` header names and every
+/// `Proxy-*` header (`Proxy-Authorization`, `Proxy-Authenticate`, `Proxy-Connection`, …).
+const HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
     header::TE,
     header::TRAILER,
     header::UPGRADE,
@@ -40,6 +38,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::TRANSFER_ENCODING);
+    let is_proxy = |k: &&HeaderName| k.as_str().starts_with("proxy-");
+    if headers.keys().any(|k| is_proxy(&k)) {
+        let proxy: Vec<HeaderName> = headers.keys().filter(is_proxy).cloned().collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
 }
 
 /// Does a comma-separated header hold `token` (case-insensitive), in any of its values?
@@ -116,6 +121,8 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
         h.insert("proxy-authorization", HeaderValue::from_static("x"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("proxy-foo", HeaderValue::from_static("x"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);

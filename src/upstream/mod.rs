@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use crate::balance::{Balancer, Candidate, Method, PickKey, ServerView};
 use crate::config::{self, Balance};
-use crate::metrics::metrics;
+use crate::metrics::{metrics, StatusCounters, NO_SERVER};
 use crate::sticky::table::SessionTable;
-pub use pool::{Conn, ConnectError, Pool};
+pub use pool::{Conn, ConnectError, Pool, TlsTarget, UpstreamStream};
 use prometheus::{Histogram, IntCounter};
 pub use state::{now_ms, Health, InFlight, ServerId, ServerState};
 
@@ -60,6 +60,8 @@ pub struct Upstream {
     pub lookups: Lookups,
     /// Request durations.
     pub duration: Histogram,
+    /// Requests answered without reaching a server, by status class.
+    pub no_server: StatusCounters,
     primaries: Vec<usize>,
     backups: Vec<usize>,
     primary: Balancer,
@@ -100,18 +102,21 @@ impl ServerView for View<'_> {
 }
 
 impl Upstream {
-    /// Builds the runtime group from its config and the servers' carried-over state (same order as the config).
+    /// Builds the runtime group from its config, the servers' carried-over state and, for HTTPS to the servers,
+    /// their TLS targets (each in config order; `tls` empty for plain TCP).
     pub fn new(
         config: config::Upstream,
         states: Vec<Arc<ServerState>>,
         sessions: Option<Arc<SessionTable>>,
+        tls: Vec<TlsTarget>,
     ) -> Upstream {
+        let mut tls = tls.into_iter();
         let peers: Vec<Peer> = config
             .servers
             .iter()
             .zip(states)
             .map(|(spec, state)| Peer {
-                pool: Arc::new(Pool::new(spec.addr, config.keepalive)),
+                pool: Arc::new(Pool::new(spec.addr, config.keepalive, tls.next())),
                 spec: spec.clone(),
                 state,
             })
@@ -135,6 +140,7 @@ impl Upstream {
             method,
             lookups: Lookups::new(&config.name),
             duration: metrics().duration(&config.name),
+            no_server: StatusCounters::new(&config.name, NO_SERVER),
             sessions,
             peers,
             config,
