@@ -24,7 +24,8 @@ usage: bench/run.sh [--quick] [--runs N] [--only LIST]
   --runs N     rounds of the throughput runs; the table shows the median (default 3, 1 with --quick)
   --only LIST  comma-separated subset of: ${ALL_PROXIES[*]} (default: all that are installed)
 
-Environment: BENCH_KEEP=1 keeps the work directory (configs, logs, raw wrk output).
+Environment: BENCH_KEEP=1 keeps the work directory (configs, logs, raw wrk output);
+BENCH_QUIET_WAIT=SECONDS bounds the wait for a quiet machine before each run (default 90).
 EOF
 }
 
@@ -115,7 +116,13 @@ note() {
     say "bench: $*"
     printf '%s\n' "$*" >>"$NOTES"
 }
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }
+# Figures go to $PENDING first and reach $RESULTS only once their run is accepted (see measured).
+PENDING=$WORK/pending.tsv
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$PENDING"; }
+commit() {
+    cat "$PENDING" >>"$RESULTS"
+    : >"$PENDING"
+}
 calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
 
 free_port() {
@@ -137,6 +144,75 @@ cpu_ticks() {
     # shellcheck disable=SC2086
     set -- $s
     echo $((${12} + ${13}))
+}
+
+# Percent of one core that the whole machine used over one second (call while the bench is idle).
+machine_busy_pct() {
+    local a b
+    a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+    awk -v a="$a" -v b="$b" -v n="$(grep -c '^cpu[0-9]' /proc/stat)" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); busy = y[1] - x[1]; idle = y[2] - x[2]
+        printf "%d", (busy + idle > 0) ? 100 * n * busy / (busy + idle) : 0 }'
+}
+
+# Other work on the machine (a build, another benchmark) skews every figure. Before each run the bench
+# waits (a while) for the machine to be quiet; after it, it compares the machine's CPU time with its own
+# processes' and runs again when something else took more than QUIET_PCT of a core meanwhile.
+QUIET_PCT=15
+QUIET_WAIT=${BENCH_QUIET_WAIT:-90}
+MAX_TRIES=3
+
+wait_quiet() {
+    local pct waited=0
+    while pct=$(machine_busy_pct) && ((pct > QUIET_PCT && waited < QUIET_WAIT)); do
+        ((waited > 0)) || say "bench: waiting up to ${QUIET_WAIT}s for the machine to be quiet (${pct}% of a core busy)"
+        sleep 4
+        waited=$((waited + 5))
+    done
+}
+
+# Ticks of user + nice + system + steal time on all cores.
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $9 }' /proc/stat; }
+
+# Ticks used by this bench: its live processes plus the children it has reaped (wrk, the ws client).
+own_ticks() {
+    local t=0 pid s
+    local -A seen=()
+    for pid in "${PIDS[@]}" "${P_PID[@]}"; do
+        [[ -z ${seen[$pid]:-} && -r /proc/$pid/stat ]] || continue
+        seen[$pid]=1
+        t=$((t + $(cpu_ticks "$pid" 2>/dev/null || echo 0)))
+    done
+    s=$(<"/proc/$$/stat")
+    s=${s##*) }
+    # shellcheck disable=SC2086
+    set -- $s
+    echo $((t + ${14} + ${15}))
+}
+
+# measured PROXY LABEL CMD...: run CMD (which records figures) until no other process disturbed it.
+measured() {
+    local proxy=$1 label=$2 try m0 o0 w0 m1 o1 w1 foreign
+    shift 2
+    for ((try = 1; try <= MAX_TRIES; try++)); do
+        wait_quiet
+        : >"$PENDING"
+        m0=$(machine_ticks) o0=$(own_ticks) w0=$EPOCHREALTIME
+        "$@"
+        m1=$(machine_ticks) o1=$(own_ticks) w1=$EPOCHREALTIME
+        foreign=$(awk -v m="$((m1 - m0))" -v o="$((o1 - o0))" -v w0="$w0" -v w1="$w1" -v hz="$CLK_TCK" \
+            'BEGIN { f = 100 * (m - o) / ((w1 - w0) * hz); printf "%d", f < 0 ? 0 : f }')
+        ((foreign <= 5)) || say "bench: ($proxy $label: other processes used ${foreign}% of a core during the run)"
+        ((foreign > QUIET_PCT)) || break
+        if ((try < MAX_TRIES)); then
+            say "bench: $proxy $label: other processes used ${foreign}% of a core during the run; running it again"
+        else
+            note "$proxy $label (round $ROUND): other processes used ${foreign}% of a core during each of $MAX_TRIES tries; kept the last, unreliable"
+        fi
+    done
+    commit
 }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
@@ -426,15 +502,16 @@ throughput_rounds() {
                 p=${RUN[$(((i + round - 1) % n))]}
                 use_proxy "$p"
                 case $test in
-                    get2) run_wrk "$p" get2 / ;;
-                    get64k) run_wrk "$p" get64k /64k ;;
-                    close) run_wrk "$p" close / -H "Connection: close" ;;
-                    ws) run_ws_echo "$p" ;;
+                    get2) measured "$p" "$test" run_wrk "$p" get2 / ;;
+                    get64k) measured "$p" "$test" run_wrk "$p" get64k /64k ;;
+                    close) measured "$p" "$test" run_wrk "$p" close / -H "Connection: close" ;;
+                    ws) measured "$p" "$test" run_ws_echo "$p" ;;
                 esac
             done
         done
     done
     for p in "${RUN[@]}"; do stop_pid "${P_MAIN[$p]}"; done
+    P_PID=()
 }
 
 # Idle memory: a fresh proxy for each count, so memory freed by an earlier run cannot be reused.
@@ -445,7 +522,9 @@ idle_runs() {
         for n in "${IDLE_COUNTS[@]}"; do
             slot=$((slot + 1))
             start_proxy "$p" || { note "$p: restart for the idle run failed"; continue; }
+            wait_quiet
             run_idle "$p" "$n" "$slot"
+            commit
             stop_proxy
         done
     done

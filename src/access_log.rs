@@ -1,21 +1,43 @@
-//! The access log: one line per request or tunnel, written by a background task so the request path never
-//! waits on a disk.
+//! The access log: one line per request, written once its response body has been sent, and one per WebSocket
+//! tunnel, written when the tunnel ends. A background task does the writing, so the request path never waits on
+//! a disk: lines are queued, and dropped when the writer is too far behind.
+//!
+//! A line reads `CLIENT "METHOD PATH" STATUS bytes=N upstream=U server=S duration_ms=D sticky=X`; a tunnel's line
+//! adds `bytes_in=N`, what the client sent through it (`bytes` is always what the client received).
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use http::{Method, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::config;
+use crate::proxy::body::{BodyError, ResponseBody};
 use crate::proxy::{ClientInfo, Outcome};
+use crate::upstream::Upstream;
 
-/// Lines queued before new ones are dropped (and counted) rather than wait.
+/// Lines queued before new ones are dropped rather than wait.
 const QUEUE: usize = 8192;
+/// Bytes gathered into one write.
+const BATCH: usize = 64 * 1024;
+
+enum Msg {
+    Line(String),
+    /// Write everything queued before this, then answer.
+    Flush(oneshot::Sender<()>),
+}
 
 /// Where access log lines go.
 pub struct AccessLog {
-    tx: Option<mpsc::Sender<String>>,
+    tx: Option<mpsc::Sender<Msg>>,
 }
 
 impl AccessLog {
@@ -31,18 +53,61 @@ impl AccessLog {
         Ok(AccessLog { tx: Some(tx) })
     }
 
-    /// Queues the line of one request; drops it when the writer is behind.
-    pub fn record(&self, client: &ClientInfo, out: &Outcome) {
-        let Some(tx) = &self.tx else { return };
-        let _ = tx.try_send(line(client, out));
+    /// Hands on the response of `out`; its line is queued once the body has been sent (or, for a WebSocket
+    /// upgrade, once the tunnel has ended).
+    pub fn record(&self, client: &ClientInfo, out: Outcome) -> Response<Logged> {
+        let Outcome {
+            method,
+            uri,
+            started,
+            response,
+            upstream,
+            server,
+            sticky,
+            tunnel,
+        } = out;
+        let Some(tx) = &self.tx else {
+            return response.map(Logged::unlogged);
+        };
+        let entry = Entry {
+            client: client.peer.ip(),
+            method,
+            uri,
+            status: response.status().as_u16(),
+            upstream,
+            server,
+            sticky,
+            started,
+        };
+        if let Some(carried) = tunnel {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let c = carried.await.unwrap_or_default();
+                let _ = tx.try_send(Msg::Line(entry.line(c.from_server, Some(c.from_client))));
+            });
+            return response.map(Logged::unlogged);
+        }
+        let pending = Pending {
+            entry,
+            tx: tx.clone(),
+            bytes: 0,
+        };
+        response.map(|inner| Logged {
+            inner,
+            pending: Some(Box::new(pending)),
+        })
     }
 
-    /// Waits until queued lines are written (best effort, at shutdown).
+    /// Waits (a second at most) until every line queued so far is written.
     pub async fn flush(&self) {
-        if let Some(tx) = &self.tx {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tx.reserve_many(QUEUE))
-                .await;
-        }
+        let Some(tx) = &self.tx else { return };
+        let (done, written) = oneshot::channel();
+        let wait = async {
+            if tx.send(Msg::Flush(done)).await.is_ok() {
+                let _ = written.await;
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), wait).await;
     }
 }
 
@@ -56,46 +121,129 @@ fn open_file(path: &PathBuf) -> Result<tokio::fs::File, String> {
 }
 
 async fn write_lines(
-    mut rx: mpsc::Receiver<String>,
+    mut rx: mpsc::Receiver<Msg>,
     mut out: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
 ) {
     let mut batch = String::new();
+    let mut acks = Vec::new();
     while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.push_str(&first);
-        while let Ok(more) = rx.try_recv() {
-            batch.push_str(&more);
-            if batch.len() > 64 * 1024 {
-                break;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Line(line) => batch.push_str(&line),
+                Msg::Flush(ack) => acks.push(ack),
+            }
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
             }
         }
         if out.write_all(batch.as_bytes()).await.is_err() {
             return;
         }
         let _ = out.flush().await;
+        batch.clear();
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
     }
 }
 
-/// `client method path status bytes server upstream duration sticky`, space-separated, key=value after the first.
-fn line(client: &ClientInfo, out: &Outcome) -> String {
-    let mut s = String::with_capacity(160);
-    let status = out.response.status().as_u16();
-    let server = match (&out.upstream, out.server) {
-        (Some(u), Some(i)) => u.peers[i].spec.name.as_str(),
-        _ => "-",
-    };
-    let upstream = out.upstream.as_ref().map_or("-", |u| u.name());
-    let _ = writeln!(
-        s,
-        "{} \"{} {}\" {} upstream={} server={} duration_ms={:.1} sticky={}",
-        client.peer.ip(),
-        out.method,
-        out.uri.path(),
-        status,
-        upstream,
-        server,
-        out.started.elapsed().as_secs_f64() * 1000.0,
-        out.sticky.unwrap_or("-"),
-    );
-    s
+/// What a line says of its request, gathered when the response head is ready.
+struct Entry {
+    client: IpAddr,
+    method: Method,
+    uri: Uri,
+    status: u16,
+    upstream: Option<Arc<Upstream>>,
+    server: Option<usize>,
+    sticky: Option<&'static str>,
+    started: Instant,
+}
+
+impl Entry {
+    /// The line, with the bytes the client received (and, for a tunnel, those it sent).
+    fn line(&self, bytes: u64, bytes_in: Option<u64>) -> String {
+        let mut s = String::with_capacity(160);
+        let server = match (&self.upstream, self.server) {
+            (Some(u), Some(i)) => u.peers.get(i).map_or("-", |p| p.spec.name.as_str()),
+            _ => "-",
+        };
+        let upstream = self.upstream.as_ref().map_or("-", |u| u.name());
+        let _ = write!(
+            s,
+            "{} \"{} {}\" {} bytes={} upstream={} server={} duration_ms={:.1} sticky={}",
+            self.client,
+            self.method,
+            self.uri.path(),
+            self.status,
+            bytes,
+            upstream,
+            server,
+            self.started.elapsed().as_secs_f64() * 1000.0,
+            self.sticky.unwrap_or("-"),
+        );
+        if let Some(n) = bytes_in {
+            let _ = write!(s, " bytes_in={n}");
+        }
+        s.push('\n');
+        s
+    }
+}
+
+/// A line waiting for the end of its response body.
+struct Pending {
+    entry: Entry,
+    tx: mpsc::Sender<Msg>,
+    bytes: u64,
+}
+
+/// A response body that counts what it sends and queues its access log line when it is done (or dropped).
+pub struct Logged {
+    inner: ResponseBody,
+    pending: Option<Box<Pending>>,
+}
+
+impl Logged {
+    /// A body with no line to write.
+    pub fn unlogged(inner: ResponseBody) -> Logged {
+        Logged {
+            inner,
+            pending: None,
+        }
+    }
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Some(p), Poll::Ready(Some(Ok(frame)))) = (this.pending.as_mut(), &polled) {
+            if let Some(data) = frame.data_ref() {
+                p.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            let _ = p.tx.try_send(Msg::Line(p.entry.line(p.bytes, None)));
+        }
+    }
 }

@@ -182,8 +182,5 @@ fn drain(app: &App, path: &str) -> AdminResponse {
     };
     peer.state.set_drain_override(how);
     info!(upstream = %upstream, server = %addr, action = %action, "admin drain");
-    text(
-        StatusCode::OK,
-        format!("{action}ed {upstream}/{addr}\n").replace("draineded", "drained"),
-    )
+    text(StatusCode::OK, format!("{action}ed {upstream}/{addr}\n"))
 }

@@ -355,7 +355,7 @@ struct ConnPhase {
     requests: AtomicU64,
     busy: AtomicBool,
     tunnel: AtomicBool,
-    /// The framing lines of a head seen whole: (its request number, from 1) << 16 | te << 8 | cl.
+    /// The framing lines of a head seen whole: (its request number, from 1) << 24 | padded << 16 | te << 8 | cl.
     head: AtomicU64,
 }
 
@@ -363,9 +363,10 @@ impl ConnPhase {
     /// The counts of request number `n`'s head, when IdleIo saw all of it.
     fn head_counts(&self, n: u64) -> Option<HeadCounts> {
         let packed = self.head.load(Relaxed);
-        (packed >> 16 == n).then(|| HeadCounts {
+        (packed >> 24 == n).then(|| HeadCounts {
             content_length: packed as u8,
             transfer_encoding: (packed >> 8) as u8,
+            padded_coding: packed & 1 << 16 != 0,
         })
     }
 }
@@ -464,7 +465,8 @@ impl IdleIo {
         }
         if let Some(counts) = self.scan.as_mut().and_then(|s| s.feed(bytes)) {
             let n = self.seen_requests + 1;
-            let packed = n << 16
+            let packed = n << 24
+                | u64::from(counts.padded_coding) << 16
                 | u64::from(counts.transfer_encoding) << 8
                 | u64::from(counts.content_length);
             self.phase.head.store(packed, Relaxed);

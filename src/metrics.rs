@@ -65,7 +65,7 @@ impl Metrics {
             http_requests: counter(
                 &r,
                 "limpet_http_requests_total",
-                "HTTP requests proxied, by upstream, server and status class.",
+                "HTTP requests by upstream, server and status class (server=\"none\": answered by limpet without a server).",
                 &["upstream", "server", "status"],
             ),
             http_request_duration: duration,
@@ -159,10 +159,35 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
+/// The `server` label of requests limpet answered without reaching a server (none usable, session unknown, ...).
+pub const NO_SERVER: &str = "none";
+
+/// `limpet_http_requests_total` of one (upstream, server) by status class, resolved once.
+#[derive(Clone)]
+pub struct StatusCounters([IntCounter; 5]);
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl StatusCounters {
+    /// Resolves (creating at zero) the five series.
+    pub fn new(upstream: &str, server: &str) -> StatusCounters {
+        let m = metrics();
+        StatusCounters(
+            STATUS_CLASSES.map(|c| m.http_requests.with_label_values(&[upstream, server, c])),
+        )
+    }
+
+    /// Counts one response by its status class.
+    pub fn record(&self, status: u16) {
+        let i = usize::from((status / 100).clamp(1, 5) - 1);
+        self.0[i].inc();
+    }
+}
+
 /// Per-server handles, resolved once so the hot path records with atomics only.
 #[derive(Clone)]
 pub struct ServerMetrics {
-    pub status: [IntCounter; 5],
+    pub status: StatusCounters,
     pub up: IntGauge,
     pub active: IntGauge,
     pub tunnels_active: IntGauge,
@@ -178,15 +203,8 @@ impl ServerMetrics {
     pub fn new(upstream: &str, server: &str) -> ServerMetrics {
         let m = metrics();
         let l = &[upstream, server];
-        let class = |c: &str| m.http_requests.with_label_values(&[upstream, server, c]);
         ServerMetrics {
-            status: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-            ],
+            status: StatusCounters::new(upstream, server),
             up: m.server_up.with_label_values(l),
             active: m.active_connections.with_label_values(l),
             tunnels_active: m.tunnels_active.with_label_values(l),
@@ -202,15 +220,14 @@ impl ServerMetrics {
 
     /// Counts one response by its status class.
     pub fn record_status(&self, status: u16) {
-        let i = usize::from((status / 100).clamp(1, 5) - 1);
-        self.status[i].inc();
+        self.status.record(status);
     }
 
     /// Removes the series of a server that left the config.
     pub fn remove(upstream: &str, server: &str) {
         let m = metrics();
         let l = &[upstream, server];
-        for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+        for c in STATUS_CLASSES {
             let _ = m.http_requests.remove_label_values(&[upstream, server, c]);
         }
         for g in [

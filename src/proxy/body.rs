@@ -8,11 +8,13 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
+use super::ProxyError;
 use crate::upstream::{InFlight, Upstream};
 
 /// Why a body stopped early.
@@ -26,22 +28,81 @@ pub enum BodyError {
     Upstream(hyper::Error),
     #[error("upstream sent nothing for read_timeout")]
     UpstreamTimeout,
+    #[error("client sent no body bytes for client_header_timeout")]
+    ClientTimeout,
 }
 
-/// The request body sent upstream: the client's, streamed, failing once it passes the location's limit.
+impl BodyError {
+    /// The answer to give when the client's request body caused the failure (None: the upstream did).
+    pub fn client_fault(&self) -> Option<ProxyError> {
+        match self {
+            BodyError::TooLarge => Some(ProxyError::BodyTooLarge),
+            BodyError::Client(_) => Some(ProxyError::BadRequest("malformed request body")),
+            BodyError::ClientTimeout => Some(ProxyError::Refused(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body too slow",
+            )),
+            BodyError::Upstream(_) | BodyError::UpstreamTimeout => None,
+        }
+    }
+}
+
+/// A deadline that moves with progress without touching the timer on every read: progress only records its
+/// time, and the timer is re-armed when it fires early.
+struct Idle {
+    after: Duration,
+    last: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Idle {
+    fn new(after: Duration) -> Idle {
+        Idle {
+            after,
+            last: Instant::now(),
+            sleep: None,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// Ready once `after` has passed since the last progress.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.last + self.after;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            let deadline = self.last + self.after;
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// The request body sent upstream: the client's, streamed, failing once it passes the location's limit or when
+/// the client leaves it silent for too long.
 pub struct RequestBody {
     inner: Option<Incoming>,
     limit: u64,
     seen: u64,
+    idle: Option<Idle>,
 }
 
 impl RequestBody {
-    /// Streams `inner`, allowing at most `limit` bytes (0 = unlimited).
-    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
+    /// Streams `inner`, allowing at most `limit` bytes (0 = unlimited) and at most `idle` between two reads.
+    pub fn new(inner: Incoming, limit: u64, idle: Duration) -> RequestBody {
+        let idle = (!inner.is_end_stream()).then(|| Idle::new(idle));
         RequestBody {
             inner: Some(inner),
             limit,
             seen: 0,
+            idle,
         }
     }
 
@@ -51,6 +112,7 @@ impl RequestBody {
             inner: None,
             limit: 0,
             seen: 0,
+            idle: None,
         }
     }
 }
@@ -63,18 +125,27 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let Some(inner) = self.inner.as_mut() else {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let frame = ready!(Pin::new(inner).poll_frame(cx));
-        let frame = match frame {
-            Some(Ok(f)) => f,
-            Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::Client(e)))),
-            None => return Poll::Ready(None),
+        let frame = match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => f,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(BodyError::Client(e)))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {
+                return match this.idle.as_mut().map(|i| i.poll_expired(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Some(Err(BodyError::ClientTimeout))),
+                    _ => Poll::Pending,
+                };
+            }
         };
+        if let Some(idle) = this.idle.as_mut() {
+            idle.progress();
+        }
         if let Some(data) = frame.data_ref() {
-            self.seen += data.len() as u64;
-            if self.limit != 0 && self.seen > self.limit {
+            this.seen += data.len() as u64;
+            if this.limit != 0 && this.seen > this.limit {
                 return Poll::Ready(Some(Err(BodyError::TooLarge)));
             }
         }
@@ -106,8 +177,7 @@ pub struct Lease {
 pub struct UpstreamBody {
     prefix: Option<Bytes>,
     inner: Incoming,
-    idle_timeout: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
+    idle: Idle,
     lease: Option<Lease>,
     ended: bool,
 }
@@ -124,8 +194,7 @@ impl UpstreamBody {
         UpstreamBody {
             prefix,
             inner,
-            idle_timeout,
-            sleep: None,
+            idle: Idle::new(idle_timeout),
             lease: Some(lease),
             ended,
         }
@@ -136,14 +205,6 @@ impl UpstreamBody {
             let peer = &lease.upstream.peers[lease.index];
             peer.state.record_failure(&peer.spec);
         }
-    }
-
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let deadline = tokio::time::Instant::now() + self.idle_timeout;
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        sleep.as_mut().poll(cx)
     }
 }
 
@@ -161,11 +222,7 @@ impl Body for UpstreamBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(sleep) = this.sleep.as_mut() {
-                    sleep
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + this.idle_timeout);
-                }
+                this.idle.progress();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -176,7 +233,7 @@ impl Body for UpstreamBody {
                 this.ended = true;
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.poll_idle(cx) {
+            Poll::Pending => match this.idle.poll_expired(cx) {
                 Poll::Ready(()) => {
                     this.fail();
                     Poll::Ready(Some(Err(BodyError::UpstreamTimeout)))
@@ -259,5 +316,37 @@ impl Body for ResponseBody {
             }
             ResponseBody::Upstream(body) => body.size_hint(),
         }
+    }
+}
+
+/// A response body that keeps `T` alive until hyper is done with the body (drops it).
+pub struct Held<B, T> {
+    body: B,
+    _held: T,
+}
+
+impl<B, T> Held<B, T> {
+    pub fn new(body: B, held: T) -> Held<B, T> {
+        Held { body, _held: held }
+    }
+}
+
+impl<B: Body + Unpin, T: Unpin> Body for Held<B, T> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

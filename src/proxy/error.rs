@@ -15,6 +15,9 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A client request refused with a status of its own (408, 414, 431, 501).
+    #[error("request refused ({0}): {1}")]
+    Refused(StatusCode, &'static str),
     #[error("request body too large")]
     BodyTooLarge,
     #[error("no server available")]
@@ -27,6 +30,8 @@ pub enum ProxyError {
     Timeout,
     #[error("invalid upgrade answer from upstream: {0}")]
     BadUpgrade(&'static str),
+    #[error("invalid response from upstream: {0}")]
+    BadResponse(&'static str),
     #[error("Engine.IO session unknown")]
     SessionUnknown { upgrade: bool },
 }
@@ -39,18 +44,29 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::SessionUnknown { .. } => {
                 StatusCode::BAD_REQUEST
             }
+            ProxyError::Refused(status, _) => *status,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoServer
             | ProxyError::Connect(_)
             | ProxyError::Upstream(_)
-            | ProxyError::BadUpgrade(_) => StatusCode::BAD_GATEWAY,
+            | ProxyError::BadUpgrade(_)
+            | ProxyError::BadResponse(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
     /// Was this the server's fault (logged as a warning, counted against it)?
     pub fn is_upstream(&self) -> bool {
-        self.status().is_server_error()
+        !matches!(self, ProxyError::Refused(..)) && self.status().is_server_error()
+    }
+
+    /// Does the client connection close after this answer? Yes after any refused request: what follows it on
+    /// the connection cannot be trusted to start where limpet thinks it does.
+    fn closes(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::Refused(..) | ProxyError::BodyTooLarge
+        )
     }
 
     /// The answer the client gets.
@@ -65,6 +81,10 @@ impl ProxyError {
                     status.canonical_reason().unwrap_or("")
                 );
                 let mut resp = plain(status, text);
+                if self.closes() {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 if matches!(self, ProxyError::MethodNotAllowed) {
                     resp.headers_mut().insert(
                         header::ALLOW,

@@ -24,6 +24,7 @@ use crate::upstream::{InFlight, Upstream};
 use body::{Lease, RequestBody, ResponseBody, UpstreamBody};
 pub use error::ProxyError;
 use request::Prepared;
+pub use request::{HeadCounts, HeadScan};
 use sticky::{Learn, Plan, Target};
 
 /// What limpet knows of the client connection a request came on.
@@ -54,6 +55,8 @@ pub struct Outcome {
     pub upstream: Option<Arc<Upstream>>,
     pub server: Option<usize>,
     pub sticky: Option<&'static str>,
+    /// For a `101`: what the tunnel carried, once it has ended.
+    pub tunnel: Option<tokio::sync::oneshot::Receiver<tunnel::Carried>>,
 }
 
 /// Answers one request: proxied, or limpet's own error answer.
@@ -67,6 +70,7 @@ pub async fn handle(snap: Arc<Snapshot>, client: &ClientInfo, req: Request<Incom
         upstream: None,
         server: None,
         sticky: None,
+        tunnel: None,
     };
     match forward(&snap, client, req, &mut out).await {
         Ok(resp) => out.response = resp,
@@ -81,11 +85,10 @@ pub async fn handle(snap: Arc<Snapshot>, client: &ClientInfo, req: Request<Incom
     }
     if let Some(up) = &out.upstream {
         up.duration.observe(started.elapsed().as_secs_f64());
-        if let Some(i) = out.server {
-            up.peers[i]
-                .state
-                .metrics
-                .record_status(out.response.status().as_u16());
+        let status = out.response.status().as_u16();
+        match out.server {
+            Some(i) => up.peers[i].state.metrics.record_status(status),
+            None => up.no_server.record(status),
         }
     }
     out
@@ -100,11 +103,13 @@ async fn forward(
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
-    let host = request::host(&req)?;
     let listener = snap
         .listeners
         .get(&client.listener)
         .ok_or(ProxyError::NoRoute)?;
+    request::check_request_line(&req, listener.block().max_header_bytes)?;
+    request::check_framing(&req)?;
+    let host = request::host(&req)?;
     let site = listener.site(host.as_deref());
     let route = site.route(req.uri().path()).ok_or(ProxyError::NoRoute)?;
     let upstream = route.upstream.clone();
@@ -121,7 +126,8 @@ async fn forward(
         accept: request::expected_accept(&req),
     });
     let hash_key = request::hash_key(&upstream, &req, client_ip);
-    let prepared = request::prepare(req, route, client, client_ip, websocket);
+    let body_idle = listener.block().client_header_timeout;
+    let prepared = request::prepare(req, route, client, client_ip, websocket, body_idle);
     let key = match &hash_key {
         Some(bytes) => PickKey::Bytes(bytes),
         None => PickKey::Ip(client_ip),
@@ -185,6 +191,10 @@ async fn send(
         };
         match exchange(conn, prepared, loc.read_timeout).await {
             Exchange::Done(resp, sender) => {
+                if let Err(e) = check_response(&resp) {
+                    peer.state.record_failure(&peer.spec);
+                    return Err(e);
+                }
                 peer.state.record_success();
                 let lease = Lease {
                     upstream: upstream.clone(),
@@ -192,11 +202,11 @@ async fn send(
                     in_flight,
                     sender,
                 };
-                return respond(ctx, resp, lease, plan.learn, upgrade).await;
+                return respond(ctx, resp, lease, plan.learn, upgrade, out).await;
             }
             Exchange::Stale(req) => prepared = req,
             Exchange::Failed(e) => {
-                if !matches!(e, ProxyError::BodyTooLarge) {
+                if e.is_upstream() {
                     peer.state.record_failure(&peer.spec);
                 }
                 return Err(e);
@@ -235,12 +245,26 @@ async fn exchange(
 fn upstream_error(e: hyper::Error) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
-        if let Some(body::BodyError::TooLarge) = s.downcast_ref::<body::BodyError>() {
-            return ProxyError::BodyTooLarge;
+        if let Some(e) = s.downcast_ref::<body::BodyError>() {
+            if let Some(refused) = e.client_fault() {
+                return refused;
+            }
         }
         source = s.source();
     }
     ProxyError::Upstream(e)
+}
+
+/// Refuses an answer whose length is ambiguous: `Content-Length` beside `Transfer-Encoding` (RFC 9112 §6.3 lets
+/// a proxy pick one; a client or cache behind it might pick the other).
+fn check_response(resp: &Response<Incoming>) -> Result<(), ProxyError> {
+    let h = resp.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadResponse(
+            "Content-Length with Transfer-Encoding",
+        ));
+    }
+    Ok(())
 }
 
 /// Turns a server's answer into the client's: tunnel on a valid 101, learn sticky sessions, strip hop headers.
@@ -250,6 +274,7 @@ async fn respond(
     lease: Lease,
     learn: Learn,
     upgrade: Option<Upgrade>,
+    out: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let route = ctx.route;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -258,7 +283,7 @@ async fn respond(
                 "101 to a request that asked for no upgrade",
             ));
         };
-        return switch_protocols(route, resp, lease, upgrade, ctx.client);
+        return switch_protocols(route, resp, lease, upgrade, ctx.client, out);
     }
     let (mut parts, body) = resp.into_parts();
     let (prefix, body) =
@@ -278,6 +303,7 @@ fn switch_protocols(
     lease: Lease,
     upgrade: Upgrade,
     client: &ClientInfo,
+    out: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     request::check_websocket_accept(&resp, upgrade.accept.as_deref())?;
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -291,8 +317,10 @@ fn switch_protocols(
     let idle = route.location.read_timeout;
     let hold = client.hold.clone();
     let tunnel = tunnel::run(upgrade.client, upstream_upgrade, idle, lease.in_flight);
+    let (ended, carried) = tokio::sync::oneshot::channel();
+    out.tunnel = Some(carried);
     hold.tracker.clone().spawn(async move {
-        tunnel.await;
+        let _ = ended.send(tunnel.await);
         drop(hold);
     });
     Ok(client_resp)

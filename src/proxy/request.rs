@@ -1,10 +1,12 @@
 //! Reading a client request (Host, length, client address, upgrade intent) and preparing its upstream copy.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{Method, Request, Response, Version};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -33,6 +35,12 @@ pub fn host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
         return Err(ProxyError::BadRequest("duplicate Host header"));
     }
     if let Some(authority) = req.uri().authority() {
+        // RFC 9112 §3.2.2: the target's authority replaces Host; `prepare` sends it as the Host.
+        if authority.as_str().contains('@') || authority.host().is_empty() {
+            return Err(ProxyError::BadRequest(
+                "invalid authority in request target",
+            ));
+        }
         return Ok(Some(authority.host().to_ascii_lowercase()));
     }
     let Some(value) = first else {
@@ -52,6 +60,152 @@ pub fn host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
         return Err(ProxyError::BadRequest("invalid Host header"));
     }
     Ok(Some(authority.host().to_ascii_lowercase()))
+}
+
+/// How many `Content-Length` and `Transfer-Encoding` lines a request head carried, counted on its raw bytes:
+/// hyper merges repeated `Content-Length` lines and drops one beside `Transfer-Encoding` before limpet sees the
+/// request. The connection puts it in the request's extensions when it saw the whole head.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeadCounts {
+    pub content_length: u8,
+    pub transfer_encoding: u8,
+    /// A `Transfer-Encoding` value ended in whitespace (`chunked `), which hyper trims.
+    pub padded_coding: bool,
+}
+
+/// Longest header-name prefix [`HeadScan`] compares: `transfer-encoding:`.
+const SCAN_PREFIX: usize = 18;
+
+/// Counts the framing header lines of one request head as its bytes arrive, up to the blank line ending it.
+/// No allocation; a byte at a time, over heads only.
+#[derive(Debug, Default)]
+pub struct HeadScan {
+    counts: HeadCounts,
+    line: [u8; SCAN_PREFIX],
+    len: usize,
+    lines: usize,
+    /// The last two bytes of the current line.
+    tail: [u8; 2],
+}
+
+impl HeadScan {
+    /// Feeds the next bytes of the head; the counts once its blank line has passed (bytes after it are not
+    /// looked at).
+    pub fn feed(&mut self, bytes: &[u8]) -> Option<HeadCounts> {
+        for &b in bytes {
+            if b != b'\n' {
+                if let Some(slot) = self.line.get_mut(self.len) {
+                    *slot = b.to_ascii_lowercase();
+                }
+                self.len = self.len.saturating_add(1);
+                self.tail = [self.tail[1], b];
+                continue;
+            }
+            let blank = self.len == 0 || (self.len == 1 && self.line[0] == b'\r');
+            if blank && self.lines > 0 {
+                return Some(self.counts);
+            }
+            if !blank {
+                let line = &self.line[..self.len.min(SCAN_PREFIX)];
+                let c = &mut self.counts;
+                if line.starts_with(b"content-length:") {
+                    c.content_length = c.content_length.saturating_add(1);
+                } else if line.starts_with(b"transfer-encoding:") {
+                    c.transfer_encoding = c.transfer_encoding.saturating_add(1);
+                    let end = if self.tail[1] == b'\r' {
+                        self.tail[0]
+                    } else {
+                        self.tail[1]
+                    };
+                    c.padded_coding |= matches!(end, b' ' | b'\t');
+                }
+                self.lines += 1;
+            }
+            self.len = 0;
+            self.tail = [0; 2];
+        }
+        None
+    }
+}
+
+/// Refuses a request whose body framing is ambiguous or that limpet cannot frame (RFC 9112 §6), before any of
+/// it reaches a server. hyper has already refused malformed `Content-Length` values, `Transfer-Encoding` on
+/// HTTP/1.0 and a `Transfer-Encoding` whose last coding is not `chunked`; this refuses what it lets through:
+/// `Content-Length` beside `Transfer-Encoding`, `Content-Length` repeated, `chunked` given twice (400), and a
+/// transfer coding other than `chunked` (501: limpet would pass it on undecoded).
+pub fn check_framing(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let h = req.headers();
+    if let Some(raw) = req.extensions().get::<HeadCounts>() {
+        // What hyper merged away: a Content-Length it dropped for Transfer-Encoding, or repeated ones.
+        if raw.content_length > 0 && raw.transfer_encoding > 0 {
+            return Err(ProxyError::BadRequest(
+                "Content-Length with Transfer-Encoding",
+            ));
+        }
+        if raw.content_length > 1 {
+            return Err(ProxyError::BadRequest("repeated Content-Length"));
+        }
+        if raw.padded_coding {
+            return Err(ProxyError::BadRequest("whitespace after Transfer-Encoding"));
+        }
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().nth(1).is_some() {
+        return Err(ProxyError::BadRequest("repeated Content-Length"));
+    }
+    let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
+    let Some(first) = te.next() else {
+        return Ok(());
+    };
+    if h.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest(
+            "Content-Length with Transfer-Encoding",
+        ));
+    }
+    if te.next().is_some() {
+        return Err(ProxyError::BadRequest("repeated Transfer-Encoding"));
+    }
+    let codings = first.to_str().unwrap_or("").split(',').map(str::trim);
+    let mut chunked = 0;
+    let mut other = 0;
+    for coding in codings {
+        if coding.eq_ignore_ascii_case("chunked") {
+            chunked += 1;
+        } else {
+            other += 1;
+        }
+    }
+    match (chunked, other) {
+        (1, 0) => Ok(()),
+        (1, _) => Err(ProxyError::Refused(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported transfer coding",
+        )),
+        _ => Err(ProxyError::BadRequest("invalid Transfer-Encoding")),
+    }
+}
+
+/// Refuses a request line longer than half of `max_header_bytes` with 414. A head longer than the whole of
+/// `max_header_bytes` never gets here: hyper answers it with 431.
+pub fn check_request_line(
+    req: &Request<Incoming>,
+    max_header_bytes: usize,
+) -> Result<(), ProxyError> {
+    let uri = req.uri();
+    let pq = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let target = match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(a)) => scheme.len() + 3 + a.as_str().len() + pq,
+        (None, Some(a)) => a.as_str().len() + pq,
+        _ => pq,
+    };
+    // Method, target, "HTTP/1.1", two spaces and CRLF.
+    let line = req.method().as_str().len() + target + 12;
+    if line > max_header_bytes / 2 {
+        return Err(ProxyError::Refused(
+            StatusCode::URI_TOO_LONG,
+            "request line too long",
+        ));
+    }
+    Ok(())
 }
 
 /// The declared body length, if any.
@@ -156,13 +310,15 @@ pub fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// The upstream copy of a request: origin-form target, hop-by-hop headers removed, forwarding headers set.
+/// The upstream copy of a request: origin-form target, hop-by-hop headers removed, forwarding headers set;
+/// its body may stay silent at most `body_idle` between two reads.
 pub fn prepare(
     req: Request<Incoming>,
     route: &Route,
     client: &ClientInfo,
     client_ip: IpAddr,
     websocket: bool,
+    body_idle: Duration,
 ) -> Prepared {
     let (mut parts, body) = req.into_parts();
     if let Some(authority) = parts.uri.authority() {
@@ -170,14 +326,27 @@ pub fn prepare(
             parts.headers.insert(header::HOST, v);
         }
     }
+    // `Host` is not hop-by-hop whatever `Connection` says, and the length sent is the one hyper framed the
+    // body by (`check_framing` has refused every ambiguous case), written by limpet.
+    let host = parts.headers.get(header::HOST).cloned();
+    let length = parts
+        .headers
+        .contains_key(header::CONTENT_LENGTH)
+        .then(|| body.size_hint().exact())
+        .flatten();
     let upgrade = websocket
         .then(|| parts.headers.get(header::UPGRADE).cloned())
         .flatten();
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-        // hyper framed the body by Transfer-Encoding; a Content-Length beside it must not reach the server.
-        parts.headers.remove(header::CONTENT_LENGTH);
-    }
+    parts.headers.remove(header::CONTENT_LENGTH);
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(host) = host {
+        parts.headers.insert(header::HOST, host);
+    }
+    if let Some(n) = length {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     if let Some(upgrade) = upgrade {
         parts
             .headers
@@ -197,7 +366,7 @@ pub fn prepare(
     }
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
-    let body = RequestBody::new(body, route.location.client_max_body_size);
+    let body = RequestBody::new(body, route.location.client_max_body_size, body_idle);
     Prepared {
         request: Request::from_parts(parts, body),
         reusable: !websocket,

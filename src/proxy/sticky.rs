@@ -62,18 +62,23 @@ pub fn plan(
         return Ok(PICK);
     }
     let query = req.uri().query().unwrap_or("");
-    let raw = engineio::query_sid(query).or_else(|| cookie_sid(req));
-    let Some(sid) = raw.and_then(engineio::decode_sid) else {
-        let learn = if engineio::is_handshake(query) {
-            out.sticky = Some("new");
-            Learn::Handshake
-        } else {
-            Learn::Cookie
-        };
+    if engineio::is_handshake(query) {
+        // A new session: an `io` cookie left from an old one must not steer it.
+        out.sticky = Some("new");
         return Ok(Plan {
             target: Target::Pick,
-            learn,
+            learn: Learn::Handshake,
         });
+    }
+    let Some(raw) = engineio::query_sid(query).or_else(|| cookie_sid(req)) else {
+        return Ok(Plan {
+            target: Target::Pick,
+            learn: Learn::Cookie,
+        });
+    };
+    // A sid that does not decode to 1..=MAX_SID_LEN bytes cannot be in the table: unknown.
+    let Some(sid) = engineio::decode_sid(raw) else {
+        return Ok(miss(upstream, out));
     };
     let now = now_ms();
     if upstream.config.sticky.sid_prefix {
@@ -94,6 +99,7 @@ pub fn plan(
                     learn: Learn::Cookie,
                 })
             }
+            // Down, removed from the config (GONE), or not alive now: the session is lost.
             _ => {
                 table.forget(&sid);
                 upstream.lookups.dead.inc();
@@ -101,14 +107,17 @@ pub fn plan(
                 Err(ProxyError::SessionUnknown { upgrade })
             }
         },
-        None => {
-            upstream.lookups.miss.inc();
-            out.sticky = Some("miss");
-            Ok(Plan {
-                target: Target::Pick,
-                learn: Learn::Cookie,
-            })
-        }
+        None => Ok(miss(upstream, out)),
+    }
+}
+
+/// A sid the table does not hold goes where the fallback places it (and may be learned from a cookie).
+fn miss(upstream: &Upstream, out: &mut Outcome) -> Plan {
+    upstream.lookups.miss.inc();
+    out.sticky = Some("miss");
+    Plan {
+        target: Target::Pick,
+        learn: Learn::Cookie,
     }
 }
 

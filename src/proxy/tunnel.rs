@@ -1,22 +1,22 @@
 //! The WebSocket tunnel: bytes both ways after a `101 Switching Protocols`, until either side closes or nothing
 //! moves for the location's `read_timeout`.
 //!
-//! On plain TCP both ends are taken back from hyper and relayed with readiness: an idle tunnel holds no copy
-//! buffer. Data is read into a per-thread scratch buffer and written straight on; only what the other side cannot
-//! take at once is kept, until it can.
+//! Both ends are taken back from hyper (its read buffers released) and relayed by one small poll loop: data is
+//! read into a per-thread scratch buffer and written straight on; only what the other side cannot take at once is
+//! kept, until it can. An idle tunnel holds its two sockets, one timer entry and no copy buffer.
 
 use std::cell::RefCell;
+use std::future::{poll_fn, Future};
 use std::io;
-use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use crate::listener::ClientStream;
@@ -28,301 +28,281 @@ thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
 }
 
+/// Bytes a tunnel carried each way.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Carried {
+    pub from_client: u64,
+    pub from_server: u64,
+}
+
 /// Joins both upgrades and relays until the tunnel ends. `in_flight` keeps the server counted meanwhile.
-pub async fn run(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, in_flight: InFlight) {
-    let metrics = in_flight.state().metrics.clone();
+pub async fn run(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    in_flight: InFlight,
+) -> Carried {
+    let metrics = &in_flight.state().metrics;
     metrics.tunnels_total.inc();
     metrics.tunnels_active.inc();
+    let mut carried = Carried::default();
     match tokio::try_join!(client, upstream) {
         Ok((c, u)) => {
-            if let Err(e) = relay_upgraded(c, u, idle).await {
+            if let Err(e) = relay_upgraded(c, u, idle, &mut carried).await {
                 debug!(error = %e, "tunnel ended with an error");
             }
         }
         Err(e) => debug!(error = %e, "upgrade failed"),
     }
-    metrics.tunnels_active.dec();
-    drop(in_flight);
+    in_flight.state().metrics.tunnels_active.dec();
+    carried
 }
 
-async fn relay_upgraded(client: Upgraded, upstream: Upgraded, idle: Duration) -> io::Result<()> {
-    let client = match client.downcast::<TokioIo<ClientStream>>() {
-        Ok(parts) => match parts.io.into_inner() {
-            ClientStream::Tcp(tcp) => Either::Tcp(tcp, parts.read_buf),
-            other => Either::Other(Box::new(other), parts.read_buf),
-        },
-        Err(up) => return relay_generic(TokioIo::new(up), TokioIo::new(upstream), idle).await,
-    };
-    let (upstream, upstream_buf) = match upstream.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => (parts.io.into_inner(), parts.read_buf),
-        Err(up) => {
-            return match client {
-                Either::Tcp(tcp, buf) => {
-                    relay_generic(Prefixed::new(tcp, buf), TokioIo::new(up), idle).await
-                }
-                Either::Other(s, buf) => {
-                    relay_generic(Prefixed::new(*s, buf), TokioIo::new(up), idle).await
-                }
-            }
+/// Any stream the relay can carry, for the uncommon pairings (a TLS upstream, a stream hyper kept wrapped).
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+async fn relay_upgraded(
+    client: Upgraded,
+    upstream: Upgraded,
+    idle: Duration,
+    carried: &mut Carried,
+) -> io::Result<()> {
+    let client = client
+        .downcast::<TokioIo<ClientStream>>()
+        .map(|parts| (parts.io.into_inner(), parts.read_buf));
+    let upstream = upstream
+        .downcast::<TokioIo<TcpStream>>()
+        .map(|parts| (parts.io.into_inner(), parts.read_buf));
+    match (client, upstream) {
+        (Ok((client, client_buf)), Ok((upstream, upstream_buf))) => {
+            // Copy what hyper had read ahead: even empty, these `Bytes` hold its whole read buffers.
+            let mut a = Side::new(client, &upstream_buf);
+            let mut b = Side::new(upstream, &client_buf);
+            drop((client_buf, upstream_buf));
+            relay_counted(&mut a, &mut b, idle, carried).await
         }
-    };
-    match client {
-        Either::Tcp(tcp, client_buf) => {
-            let mut a = Side::new(tcp);
-            let mut b = Side::new(upstream);
-            b.pending.extend_from_slice(&client_buf);
-            a.pending.extend_from_slice(&upstream_buf);
-            relay_tcp(&mut a, &mut b, idle).await
-        }
-        Either::Other(s, client_buf) => {
-            relay_generic(
-                Prefixed::new(*s, client_buf),
-                Prefixed::new(upstream, upstream_buf),
-                idle,
-            )
-            .await
+        (client, upstream) => {
+            let (client, to_upstream): (Box<dyn Stream>, _) = match client {
+                Ok((s, buf)) => (Box::new(s), buf.to_vec()),
+                Err(up) => (Box::new(TokioIo::new(up)), Vec::new()),
+            };
+            let (upstream, to_client): (Box<dyn Stream>, _) = match upstream {
+                Ok((s, buf)) => (Box::new(s), buf.to_vec()),
+                Err(up) => (Box::new(TokioIo::new(up)), Vec::new()),
+            };
+            let mut a = Side::new(client, &to_client);
+            let mut b = Side::new(upstream, &to_upstream);
+            // Boxed, so this rare path does not size every tunnel's future.
+            Box::pin(relay_counted(&mut a, &mut b, idle, carried)).await
         }
     }
 }
 
-enum Either {
-    Tcp(TcpStream, bytes::Bytes),
-    Other(Box<ClientStream>, bytes::Bytes),
+/// Relays between the client's side `a` and the server's side `b`, then notes what each sent.
+async fn relay_counted<A: Stream, B: Stream>(
+    a: &mut Side<A>,
+    b: &mut Side<B>,
+    idle: Duration,
+    carried: &mut Carried,
+) -> io::Result<()> {
+    // Bytes hyper read ahead were sent by the other side.
+    a.read = b.pending.len() as u64;
+    b.read = a.pending.len() as u64;
+    let r = relay(a, b, idle).await;
+    carried.from_client = a.read;
+    carried.from_server = b.read;
+    r
 }
 
-/// One end of a TCP relay: the socket, bytes waiting to be written TO it, and whether it has sent EOF.
-struct Side {
-    sock: TcpStream,
+/// One end of a relay: the stream, bytes waiting to be written TO it, and where each direction stands.
+struct Side<S> {
+    io: S,
     pending: Vec<u8>,
+    /// It sent EOF.
     read_closed: bool,
+    /// It needs a flush before what was written to it is out (TLS).
+    unflushed: bool,
+    /// Its write half was shut down, after the other side's EOF.
+    write_shut: bool,
+    /// Bytes it sent.
+    read: u64,
 }
 
-impl Side {
-    fn new(sock: TcpStream) -> Side {
+impl<S: Stream> Side<S> {
+    /// `pending` starts with bytes already read from the other side, to be written to this one first.
+    fn new(io: S, pending: &[u8]) -> Side<S> {
         Side {
-            sock,
-            pending: Vec::new(),
+            io,
+            pending: pending.to_vec(),
             read_closed: false,
+            unflushed: false,
+            write_shut: false,
+            read: 0,
         }
+    }
+
+    fn done(&self) -> bool {
+        self.read_closed && self.write_shut
     }
 }
 
-/// Relays between two sockets until both directions closed, an error, or `idle` without traffic.
-async fn relay_tcp(a: &mut Side, b: &mut Side, idle: Duration) -> io::Result<()> {
-    let mut deadline = Instant::now() + idle;
-    flush_pending(a)?;
-    flush_pending(b)?;
-    loop {
-        if a.read_closed && b.read_closed && a.pending.is_empty() && b.pending.is_empty() {
-            return Ok(());
+/// Relays until both directions closed, an error, or `idle` without a byte moving either way.
+async fn relay<A: Stream, B: Stream>(
+    a: &mut Side<A>,
+    b: &mut Side<B>,
+    idle: Duration,
+) -> io::Result<()> {
+    let mut sleep = std::pin::pin!(tokio::time::sleep(idle));
+    let mut last = Instant::now();
+    poll_fn(|cx| {
+        let moved = poll_copy(cx, a, b)? | poll_copy(cx, b, a)?;
+        if a.done() && b.done() {
+            return Poll::Ready(Ok(()));
         }
-        // Read from a side only while the other has nothing queued (backpressure).
-        let read_a = !a.read_closed && b.pending.is_empty();
-        let read_b = !b.read_closed && a.pending.is_empty();
-        let moved = tokio::select! {
-            r = a.sock.readable(), if read_a => { r?; pump(a, b)? }
-            r = b.sock.readable(), if read_b => { r?; pump(b, a)? }
-            r = a.sock.writable(), if !a.pending.is_empty() => { r?; flush_pending(a)? }
-            r = b.sock.writable(), if !b.pending.is_empty() => { r?; flush_pending(b)? }
-            _ = sleep_until(deadline) => {
-                debug!("tunnel idle timeout");
-                return Ok(());
-            }
-        };
         if moved {
-            deadline = Instant::now() + idle;
+            last = Instant::now();
         }
+        // A deadline past what the clock can hold never comes.
+        let deadline = last.checked_add(idle);
+        if deadline.is_some_and(|d| poll_idle(cx, sleep.as_mut(), d)) {
+            debug!("tunnel idle timeout");
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Has `deadline` passed? The timer is pushed back lazily, only when it fires early: traffic never touches it.
+fn poll_idle(cx: &mut Context<'_>, mut sleep: Pin<&mut Sleep>, deadline: Instant) -> bool {
+    while sleep.as_mut().poll(cx).is_ready() {
+        if Instant::now() >= deadline {
+            return true;
+        }
+        sleep.as_mut().reset(deadline);
+    }
+    false
+}
+
+/// Moves what `from` offers to `to` until one of them would block (its waker then registered), forwarding EOF as
+/// a write shutdown once everything before it is out. Returns whether anything moved.
+fn poll_copy<R: Stream, W: Stream>(
+    cx: &mut Context<'_>,
+    from: &mut Side<R>,
+    to: &mut Side<W>,
+) -> io::Result<bool> {
+    let mut moved = false;
+    loop {
+        if !poll_flush_pending(cx, to, &mut moved)? {
+            return Ok(moved);
+        }
+        if from.read_closed {
+            if !to.write_shut {
+                match Pin::new(&mut to.io).poll_shutdown(cx) {
+                    Poll::Ready(r) => {
+                        // A peer that already closed both ways cannot take a half-close: nothing is lost.
+                        if let Err(e) = r {
+                            if e.kind() != io::ErrorKind::NotConnected {
+                                return Err(e);
+                            }
+                        }
+                        to.write_shut = true;
+                        moved = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            return Ok(moved);
+        }
+        match poll_read_through(cx, from, to)? {
+            Poll::Ready(0) => from.read_closed = true,
+            Poll::Ready(n) => from.read += n as u64,
+            Poll::Pending => return Ok(moved),
+        }
+        moved = true;
     }
 }
 
-/// Moves what `from` has to offer into `to` (or into `to.pending` when `to` is full). Returns whether bytes moved.
-fn pump(from: &mut Side, to: &mut Side) -> io::Result<bool> {
-    SCRATCH_BUF.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        let n = match from.sock.try_read(&mut buf) {
-            Ok(0) => {
-                from.read_closed = true;
-                if to.pending.is_empty() {
-                    shutdown_write(&to.sock);
-                }
-                return Ok(true);
+/// Writes and flushes what waits for `to`. Returns whether it is all out; frees the queue once empty.
+fn poll_flush_pending<W: Stream>(
+    cx: &mut Context<'_>,
+    to: &mut Side<W>,
+    moved: &mut bool,
+) -> io::Result<bool> {
+    while !to.pending.is_empty() {
+        match Pin::new(&mut to.io).poll_write(cx, &to.pending) {
+            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => {
+                to.pending.drain(..n);
+                to.unflushed = true;
+                *moved = true;
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
-        };
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(false),
+        }
+    }
+    if to.pending.capacity() != 0 {
+        to.pending = Vec::new();
+    }
+    if to.unflushed {
+        match Pin::new(&mut to.io).poll_flush(cx) {
+            Poll::Ready(r) => {
+                r?;
+                to.unflushed = false;
+            }
+            Poll::Pending => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// Reads once from `from` into the scratch buffer and writes it on to `to`, queueing what `to` cannot take now.
+/// Ready(0) is EOF.
+fn poll_read_through<R: Stream, W: Stream>(
+    cx: &mut Context<'_>,
+    from: &mut Side<R>,
+    to: &mut Side<W>,
+) -> Poll<io::Result<usize>> {
+    SCRATCH_BUF.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let mut buf = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut from.io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        let data = buf.filled();
+        let n = data.len();
         let mut written = 0;
         while written < n {
-            match to.sock.try_write(&buf[written..n]) {
-                Ok(w) => written += w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+            match Pin::new(&mut to.io).poll_write(cx, &data[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(w)) => {
+                    written += w;
+                    to.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
             }
         }
-        if written < n {
-            to.pending.extend_from_slice(&buf[written..n]);
-        }
-        Ok(true)
+        to.pending.extend_from_slice(&data[written..]);
+        Poll::Ready(Ok(n))
     })
 }
 
-/// Writes queued bytes; frees the queue once empty and forwards a half-close that waited for it.
-fn flush_pending(to: &mut Side) -> io::Result<bool> {
-    if to.pending.is_empty() {
-        return Ok(false);
-    }
-    let mut written = 0;
-    while written < to.pending.len() {
-        match to.sock.try_write(&to.pending[written..]) {
-            Ok(w) => written += w,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    to.pending.drain(..written);
-    if to.pending.is_empty() {
-        to.pending = Vec::new();
-    }
-    Ok(written > 0)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn shutdown_write(sock: &TcpStream) {
-    let _ = socket2::SockRef::from(sock).shutdown(Shutdown::Write);
-}
-
-/// A stream that first yields bytes hyper had already read from it.
-struct Prefixed<S> {
-    prefix: bytes::Bytes,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    fn new(inner: S, prefix: bytes::Bytes) -> Prefixed<S> {
-        Prefixed { prefix, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix.split_to(n));
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    fn future_size<A, B, C, D, F: Future>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
     }
 
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// Relays any two streams (TLS, or whatever hyper could not hand back) with copy buffers and an idle watchdog.
-async fn relay_generic<A, B>(a: A, b: B, idle: Duration) -> io::Result<()>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let last = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut a = Activity {
-        inner: a,
-        last: last.clone(),
-        start,
-    };
-    let mut b = Activity {
-        inner: b,
-        last: last.clone(),
-        start,
-    };
-    {
-        let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
-        tokio::pin!(copy);
-        loop {
-            let since = Duration::from_millis(last.load(Relaxed));
-            tokio::select! {
-                r = &mut copy => return r.map(|_| ()),
-                _ = sleep_until(start + since + idle) => {
-                    if start.elapsed() >= Duration::from_millis(last.load(Relaxed)) + idle {
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    debug!("tunnel idle timeout");
-    let _ = a.inner.shutdown().await;
-    let _ = b.inner.shutdown().await;
-    Ok(())
-}
-
-/// A stream that notes when it last read something.
-struct Activity<S> {
-    inner: S,
-    last: Arc<AtomicU64>,
-    start: Instant,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.last
-                .store(self.start.elapsed().as_millis() as u64, Relaxed);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    /// An idle tunnel is mostly its task: keep its future small (no buffers, no readiness futures inline).
+    #[test]
+    fn tunnel_future_stays_small() {
+        let size = future_size(run);
+        assert!(size <= 768, "tunnel future grew to {size} bytes");
     }
 }

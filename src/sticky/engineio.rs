@@ -5,8 +5,11 @@
 
 use std::borrow::Cow;
 
-/// Longest sid limpet accepts; a longer one is treated as unknown.
+/// Longest sid limpet accepts (decoded); a longer one is treated as unknown.
 pub const MAX_SID_LEN: usize = 128;
+
+/// Longest raw (percent-encoded) sid limpet decodes: a MAX_SID_LEN sid with every byte escaped.
+const MAX_RAW_SID_LEN: usize = 3 * MAX_SID_LEN;
 
 /// The most bytes of a handshake answer limpet will inspect.
 pub const HANDSHAKE_PEEK_LIMIT: usize = 4096;
@@ -27,9 +30,9 @@ pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// The `sid` query parameter, if present, non-empty and at most MAX_SID_LEN bytes.
+/// The raw `sid` query parameter, if present and non-empty; [`decode_sid`] bounds and decodes it.
 pub fn query_sid(query: &str) -> Option<&str> {
-    query_param(query, "sid").filter(|sid| acceptable(sid))
+    query_param(query, "sid").filter(|sid| !sid.is_empty())
 }
 
 /// True for an Engine.IO handshake request: has `EIO=` and no `sid`.
@@ -41,7 +44,7 @@ pub fn is_handshake(query: &str) -> bool {
         && query_param(query, "sid").is_none_or(str::is_empty)
 }
 
-/// The `io` cookie value from a Cookie request header value (bounded like query_sid).
+/// The raw `io` cookie value from a Cookie request header value (like query_sid, undecoded).
 pub fn cookie_sid(cookie: &str) -> Option<&str> {
     cookie.split(';').find_map(io_cookie_value)
 }
@@ -55,10 +58,14 @@ pub fn set_cookie_sid(set_cookie: &str) -> Option<&str> {
 ///
 /// Engine.IO clients send the sid through `encodeURIComponent`, and its cookie is encoded the same
 /// way, while the handshake body carries it raw: decode before using a query or cookie sid as a table
-/// key. `+` is left alone. None for a malformed escape or a result that is not UTF-8.
+/// key. `+` is left alone. None (an unknown sid) for a malformed escape, a result that is not UTF-8, or
+/// one that is empty or longer than MAX_SID_LEN bytes.
 pub fn decode_sid(raw: &str) -> Option<Cow<'_, str>> {
     if !raw.contains('%') {
-        return Some(Cow::Borrowed(raw));
+        return acceptable(raw).then_some(Cow::Borrowed(raw));
+    }
+    if raw.len() > MAX_RAW_SID_LEN {
+        return None;
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut bytes = raw.bytes();
@@ -71,7 +78,10 @@ pub fn decode_sid(raw: &str) -> Option<Cow<'_, str>> {
             out.push(b);
         }
     }
-    String::from_utf8(out).ok().map(Cow::Owned)
+    String::from_utf8(out)
+        .ok()
+        .filter(|sid| acceptable(sid))
+        .map(Cow::Owned)
 }
 
 /// The sid of an Engine.IO open packet at the start of a handshake response body.
@@ -93,7 +103,7 @@ fn acceptable(sid: &str) -> bool {
     !sid.is_empty() && sid.len() <= MAX_SID_LEN
 }
 
-/// The value of one `name=value` cookie pair if its name is `io`, unquoted and bounded.
+/// The value of one `name=value` cookie pair if its name is `io` and the value is not empty, unquoted.
 fn io_cookie_value(pair: &str) -> Option<&str> {
     let (name, value) = pair.split_once('=')?;
     if name.trim() != "io" {
@@ -104,7 +114,7 @@ fn io_cookie_value(pair: &str) -> Option<&str> {
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
         .unwrap_or(value);
-    acceptable(value).then_some(value)
+    (!value.is_empty()).then_some(value)
 }
 
 fn hex_value(b: u8) -> Option<u8> {

@@ -46,8 +46,14 @@ pub struct SessionStore {
 
 impl SessionStore {
     /// Connects lazily (limpet starts whether or not Redis is up) and starts the writer.
-    pub fn new(url: &str, prefix: &str, ttl: Duration, upstream: &str) -> Result<Arc<SessionStore>, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL {url:?}: {e}"))?;
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        ttl: Duration,
+        upstream: &str,
+    ) -> Result<Arc<SessionStore>, String> {
+        let client =
+            redis::Client::open(url).map_err(|e| format!("invalid Redis URL {url:?}: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(OP_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT))
@@ -101,7 +107,12 @@ impl SessionStore {
     pub async fn get(&self, sid: &str) -> Option<String> {
         let mut conn = self.conn.clone();
         let key = self.key(sid);
-        let get = async move { redis::cmd("GET").arg(key).query_async::<Option<String>>(&mut conn).await };
+        let get = async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut conn)
+                .await
+        };
         match tokio::time::timeout(OP_TIMEOUT, get).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
@@ -119,14 +130,23 @@ impl SessionStore {
         self.errors.inc();
         let now = crate::upstream::now_ms() / 1000;
         let last = self.last_log.load(Relaxed);
-        if now >= last + LOG_EVERY_SECS && self.last_log.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+        if now >= last + LOG_EVERY_SECS
+            && self
+                .last_log
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
             warn!(error = %why, "session store unavailable: routing with the local table only");
         }
     }
 }
 
 /// Sends queued writes to Redis in pipelines; acknowledges each `put` with whether its pipeline succeeded.
-async fn write_batches(mut rx: mpsc::Receiver<Write>, mut conn: ConnectionManager, store: std::sync::Weak<SessionStore>) {
+async fn write_batches(
+    mut rx: mpsc::Receiver<Write>,
+    mut conn: ConnectionManager,
+    store: std::sync::Weak<SessionStore>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let Some(store) = store.upgrade() else { return };
@@ -134,7 +154,13 @@ async fn write_batches(mut rx: mpsc::Receiver<Write>, mut conn: ConnectionManage
         let mut pipe = redis::pipe();
         for w in &batch {
             match w {
-                Write::Put { key, server, .. } => pipe.cmd("SET").arg(key).arg(server).arg("EX").arg(ttl).ignore(),
+                Write::Put { key, server, .. } => pipe
+                    .cmd("SET")
+                    .arg(key)
+                    .arg(server)
+                    .arg("EX")
+                    .arg(ttl)
+                    .ignore(),
                 Write::Touch { key } => pipe.cmd("EXPIRE").arg(key).arg(ttl).ignore(),
             };
         }
@@ -148,7 +174,10 @@ async fn write_batches(mut rx: mpsc::Receiver<Write>, mut conn: ConnectionManage
             store.failed(&why);
         }
         for w in batch.drain(..) {
-            if let Write::Put { done: Some(done), .. } = w {
+            if let Write::Put {
+                done: Some(done), ..
+            } = w
+            {
                 let _ = done.send(ok);
             }
         }

@@ -7,6 +7,11 @@
 //!
 //! Time is a coarse tick (1/4 s) since the table's creation, read from `tokio::time::Instant`
 //! so paused-time tests drive it.
+//!
+//! When a server goes down or leaves the config its entries are not dropped but turned to [`GONE`]:
+//! the next request of such a session is known to be lost (limpet answers "Session ID unknown"
+//! itself) instead of being mistaken for an unknown sid and sent to another server. They expire
+//! like any entry and count towards `max_sessions`, but towards no server's count.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -19,6 +24,9 @@ use tokio::time::Instant;
 
 /// Index of a server; the caller decides what it names.
 pub type ServerId = u32;
+
+/// The server of a session whose server went down or left the config; never a real server's id.
+pub const GONE: ServerId = ServerId::MAX;
 
 /// Called with a server and the change in its number of entries.
 pub type CountFn = Arc<dyn Fn(ServerId, i64) + Send + Sync>;
@@ -120,14 +128,15 @@ impl SessionTable {
         match previous {
             Some(old) if old.server == server => {}
             Some(old) => {
-                (self.on_count)(old.server, -1);
-                (self.on_count)(server, 1);
+                self.count(old.server, -1);
+                self.count(server, 1);
             }
-            None => (self.on_count)(server, 1),
+            None => self.count(server, 1),
         }
     }
 
-    /// The server of `sid`, refreshing its last-seen time; an expired entry counts as absent (and is dropped).
+    /// The server of `sid` ([`GONE`] if it went away), refreshing its last-seen time; an expired entry
+    /// counts as absent (and is dropped).
     pub fn lookup(&self, sid: &str) -> Option<ServerId> {
         let key = sid_key(sid);
         let now = self.now();
@@ -142,7 +151,7 @@ impl SessionTable {
         shard.remove(&key);
         self.len.fetch_sub(1, Ordering::Relaxed);
         drop(shard);
-        (self.on_count)(server, -1);
+        self.count(server, -1);
         None
     }
 
@@ -153,25 +162,30 @@ impl SessionTable {
         let ttl = self.ttl.load(Ordering::Relaxed);
         let slot = self.shard(key).remove(&key)?;
         self.len.fetch_sub(1, Ordering::Relaxed);
-        (self.on_count)(slot.server, -1);
+        self.count(slot.server, -1);
         (!expired(slot.seen, now, ttl)).then_some(slot.server)
     }
 
-    /// Drops every entry of `server`, returning how many.
+    /// Turns every entry of `server` to [`GONE`] (it went down), returning how many.
     pub fn forget_server(&self, server: ServerId) -> usize {
         self.retain_servers(|s| s != server)
     }
 
-    /// Drops every entry whose server `keep` rejects (for reloads), returning how many.
+    /// Turns every entry whose server `keep` rejects to [`GONE`] (for reloads), returning how many.
     pub fn retain_servers(&self, keep: impl Fn(ServerId) -> bool) -> usize {
         let mut deltas = Deltas::default();
-        let mut dropped = 0;
+        let mut gone = 0;
         for shard in self.shards.iter() {
-            let mut shard = lock(shard);
-            dropped += self.remove_where(&mut shard, &mut deltas, |slot| !keep(slot.server));
+            for slot in lock(shard).values_mut() {
+                if slot.server != GONE && !keep(slot.server) {
+                    deltas.add(slot.server, -1);
+                    slot.server = GONE;
+                    gone += 1;
+                }
+            }
         }
         deltas.report(&self.on_count);
-        dropped
+        gone
     }
 
     /// Drops expired entries, trims shards over their share (after `set_limits` lowered it) and
@@ -209,6 +223,13 @@ impl SessionTable {
     pub fn set_limits(&self, ttl: Duration, max_sessions: usize) {
         self.ttl.store(ticks(ttl), Ordering::Relaxed);
         self.max_sessions.store(max_sessions, Ordering::Relaxed);
+    }
+
+    /// Reports a change in a server's entries ([`GONE`] has no count).
+    fn count(&self, server: ServerId, delta: i64) {
+        if server != GONE {
+            (self.on_count)(server, delta);
+        }
     }
 
     fn shard(&self, key: u64) -> MutexGuard<'_, Shard> {
@@ -304,7 +325,9 @@ struct Deltas(BTreeMap<ServerId, i64>);
 
 impl Deltas {
     fn add(&mut self, server: ServerId, delta: i64) {
-        *self.0.entry(server).or_default() += delta;
+        if server != GONE {
+            *self.0.entry(server).or_default() += delta;
+        }
     }
 
     fn report(self, on_count: &CountFn) {

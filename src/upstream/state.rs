@@ -1,7 +1,7 @@
 //! Per-server mutable state: health, passive failures, drain, in-flight counts. All atomics, carried across
 //! reloads for servers whose address is unchanged.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -48,7 +48,12 @@ pub struct ServerState {
     fails: AtomicU32,
     window_start_ms: AtomicU64,
     down_until_ms: AtomicU64,
+    /// Active checks run for this server: a passive mark then lasts until a check passes.
+    checked: AtomicBool,
 }
+
+/// `down_until_ms` of a passive mark that only an active pass clears.
+const UNTIL_CHECK_PASSES: u64 = u64::MAX;
 
 impl ServerState {
     pub fn new(id: ServerId, upstream: &str, name: &str) -> ServerState {
@@ -62,6 +67,7 @@ impl ServerState {
             fails: AtomicU32::new(0),
             window_start_ms: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
+            checked: AtomicBool::new(false),
         }
     }
 
@@ -109,6 +115,16 @@ impl ServerState {
         }
     }
 
+    /// Says whether active checks run for this server. Without them, a mark waiting for a pass is lifted.
+    pub fn set_checked(&self, checked: bool) {
+        self.checked.store(checked, Relaxed);
+        if !checked {
+            let _ = self
+                .down_until_ms
+                .compare_exchange(UNTIL_CHECK_PASSES, 0, Relaxed, Relaxed);
+        }
+    }
+
     /// Marked down by passive failure accounting until some moment after `now`?
     pub fn passively_down(&self, now: u64) -> bool {
         now < self.down_until_ms.load(Relaxed)
@@ -126,7 +142,8 @@ impl ServerState {
             && (spec.max_conns == 0 || self.active() < u64::from(spec.max_conns))
     }
 
-    /// Counts a failed attempt (nginx `max_fails` within `fail_timeout`); returns true when it marks the server down.
+    /// Counts a failed attempt (nginx `max_fails` within `fail_timeout`); returns true when it marks the server down:
+    /// for `fail_timeout`, or until an active check passes when checks run.
     pub fn record_failure(&self, spec: &ServerSpec) -> bool {
         if spec.max_fails == 0 {
             return false;
@@ -144,7 +161,12 @@ impl ServerState {
             return false;
         }
         self.fails.store(0, Relaxed);
-        self.down_until_ms.store(now + window, Relaxed);
+        let until = if self.checked.load(Relaxed) {
+            UNTIL_CHECK_PASSES
+        } else {
+            now + window
+        };
+        self.down_until_ms.store(until, Relaxed);
         true
     }
 
@@ -161,9 +183,13 @@ impl ServerState {
         self.fails.store(0, Relaxed);
     }
 
-    /// Time left of a passive mark, if any.
+    /// Time left of a passive mark, if any (`Duration::MAX` while it waits for an active pass).
     pub fn passive_remaining(&self) -> Option<Duration> {
-        let left = self.down_until_ms.load(Relaxed).saturating_sub(now_ms());
+        let until = self.down_until_ms.load(Relaxed);
+        if until == UNTIL_CHECK_PASSES {
+            return Some(Duration::MAX);
+        }
+        let left = until.saturating_sub(now_ms());
         (left > 0).then(|| Duration::from_millis(left))
     }
 }
@@ -228,6 +254,21 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(!s.record_failure(&sp));
         assert!(s.alive(&sp, now_ms()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_active_checks_a_passive_mark_lasts_until_a_pass() {
+        let s = ServerState::new(5, "t_passive", "e");
+        s.set_checked(true);
+        let sp = spec(1);
+        assert!(s.record_failure(&sp));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(!s.alive(&sp, now_ms()));
+        s.clear_passive();
+        assert!(s.alive(&sp, now_ms()));
+        assert!(s.record_failure(&sp));
+        s.set_checked(false);
+        assert!(s.alive(&sp, now_ms()), "checks removed: the mark is lifted");
     }
 
     #[test]

@@ -24,9 +24,8 @@ fn query_sids() {
     );
     assert_eq!(query_sid("EIO=4&sid="), None);
     assert_eq!(query_sid("EIO=4"), None);
-    let long = format!("sid={}", "x".repeat(MAX_SID_LEN));
-    assert_eq!(query_sid(&long).map(str::len), Some(MAX_SID_LEN));
-    assert_eq!(query_sid(&format!("{long}x")), None);
+    let long = format!("sid={}", "x".repeat(MAX_SID_LEN + 1));
+    assert_eq!(query_sid(&long).map(str::len), Some(MAX_SID_LEN + 1));
 }
 
 #[test]
@@ -51,8 +50,8 @@ fn cookies() {
     assert_eq!(cookie_sid("xio=abc; iox=def"), None);
     assert_eq!(cookie_sid("io"), None);
     assert_eq!(
-        cookie_sid(&format!("io={}", "x".repeat(MAX_SID_LEN + 1))),
-        None
+        cookie_sid(&format!("io={}", "x".repeat(MAX_SID_LEN + 1))).map(str::len),
+        Some(MAX_SID_LEN + 1)
     );
     assert_eq!(
         set_cookie_sid("io=abc; Path=/; HttpOnly; SameSite=Lax"),
@@ -73,6 +72,20 @@ fn decoding() {
     assert_eq!(decode_sid("%4"), None);
     assert_eq!(decode_sid("%zz"), None);
     assert_eq!(decode_sid("%FF"), None);
+    assert_eq!(decode_sid(""), None);
+}
+
+#[test]
+fn decoded_length_bound() {
+    let max = "x".repeat(MAX_SID_LEN);
+    assert_eq!(decode_sid(&max).as_deref(), Some(max.as_str()));
+    assert_eq!(decode_sid(&format!("{max}x")), None);
+    // The bound is on the sid, not on its encoding: a 128-byte sid of escaped characters fits.
+    let slashes = "/".repeat(MAX_SID_LEN);
+    let encoded = "%2F".repeat(MAX_SID_LEN);
+    assert_eq!(decode_sid(&encoded).as_deref(), Some(slashes.as_str()));
+    assert_eq!(decode_sid(&format!("{encoded}%2F")), None);
+    assert_eq!(decode_sid(&format!("{encoded}x")), None);
 }
 
 #[test]

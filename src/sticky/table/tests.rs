@@ -21,7 +21,7 @@ fn table(
     )
 }
 
-/// Entries per server, read from the shards themselves.
+/// Entries per server (GONE included), read from the shards themselves.
 fn census(table: &SessionTable) -> BTreeMap<ServerId, i64> {
     let mut out = BTreeMap::new();
     for shard in table.shards.iter() {
@@ -32,11 +32,14 @@ fn census(table: &SessionTable) -> BTreeMap<ServerId, i64> {
     out
 }
 
+/// The reported counts are the census of live entries; len counts GONE ones too.
 fn assert_counts_match(table: &SessionTable, counts: &Mutex<BTreeMap<ServerId, i64>>) {
     let mut reported = counts.lock().unwrap().clone();
     reported.retain(|_, n| *n != 0);
-    assert_eq!(reported, census(table));
-    assert_eq!(table.len() as i64, census(table).values().sum::<i64>());
+    let mut census = census(table);
+    assert_eq!(table.len() as i64, census.values().sum::<i64>());
+    census.remove(&GONE);
+    assert_eq!(reported, census);
 }
 
 #[tokio::test(start_paused = true)]
@@ -164,11 +167,22 @@ async fn forget_and_retain_servers() {
     }
     assert_eq!(t.forget_server(1), 100);
     assert_eq!(t.forget_server(1), 0);
-    assert_eq!(t.lookup("sid-1"), None);
+    assert_eq!(t.lookup("sid-1"), Some(GONE));
     assert_eq!(t.lookup("sid-2"), Some(2));
     assert_counts_match(&t, &counts);
     assert_eq!(t.retain_servers(|s| s == 2), 100);
-    assert_eq!(t.len(), 100);
+    assert_eq!(t.len(), 300);
+    assert_counts_match(&t, &counts);
+    assert_eq!(t.forget("sid-1"), Some(GONE));
+    assert_eq!(t.lookup("sid-1"), None);
+    t.learn("sid-4", 3);
+    assert_eq!(t.lookup("sid-4"), Some(3));
+    assert_counts_match(&t, &counts);
+    // Gone entries expire like any other.
+    advance(TTL + Duration::from_secs(1)).await;
+    t.learn("fresh", 2);
+    assert_eq!(t.purge_expired(), 299);
+    assert_eq!(t.len(), 1);
     assert_counts_match(&t, &counts);
 }
 
