@@ -106,6 +106,7 @@ port_open() {
 }
 
 # The status code of GET $2 on 127.0.0.1:$1, or nothing.
+# shellcheck disable=SC2317 # reached through wait_for
 http_status() {
   (
     exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
@@ -134,6 +135,7 @@ wait_for() {
   done
 }
 
+# shellcheck disable=SC2317 # reached through wait_for
 page_ok() { [ "$(http_status "$LISTEN_PORT" /)" = 200 ]; }
 
 # --- setup ---------------------------------------------------------------------------------------------------
@@ -152,7 +154,9 @@ install_packages() {
 }
 
 check_tools() {
-  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || die "Node.js (18 or later) and npm are needed"
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    die "Node.js (18 or later) and npm are needed"
+  fi
   command -v cargo >/dev/null 2>&1 || die "Rust (cargo) is needed: https://rustup.rs"
 }
 

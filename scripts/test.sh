@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests start for real: Redis (shared sticky store), Prometheus (scrape + promtool).
-APT_PACKAGES=(redis-server prometheus)
+# Debian packages the tests start for real: Redis (shared sticky store and the chat demo), Prometheus (scrape +
+# promtool), Chromium (browser test), docker-compose (validating docker-compose.yml; no engine is needed).
+APT_PACKAGES=(redis-server prometheus chromium docker-compose)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -32,5 +33,16 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --all-targets -- -D warnings
+echo "==> docker-compose.yml, Prometheus and the container config"
+docker-compose config -q
+promtool check config config/prometheus.yml >/dev/null
+docker_check=$(mktemp)
+sed 's/chat\([123]\):3000/127.0.0.\1:3000/' config/limpet.docker.toml > "$docker_check"
+cargo run --quiet --bin limpet -- --check -c "$docker_check"
+rm -f "$docker_check"
+
+echo "==> browser test (headless Chromium, three tabs on long-polling)"
+./scripts/browser-test.sh
+
 echo "==> cargo test"
 cargo test --all-targets -- --test-threads="${LIMPET_TEST_THREADS:-2}"
