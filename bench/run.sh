@@ -9,7 +9,7 @@
 # interleaved across proxies and repeated (--runs), so a slow spell of this machine does not land on one
 # proxy only; the table shows the median. Idle-memory runs each get a freshly started proxy.
 #
-# Usage: bench/run.sh [--quick] [--runs N] [--only limpet,nginx,haproxy]
+# Usage: bench/run.sh [--quick] [--runs N] [--only limpet,nginx,haproxy] [--limpet-bin PATH]
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,11 +18,13 @@ ALL_PROXIES=(limpet nginx haproxy)
 
 usage() {
     cat <<EOF
-usage: bench/run.sh [--quick] [--runs N] [--only LIST]
+usage: bench/run.sh [--quick] [--runs N] [--only LIST] [--limpet-bin PATH]
 
   --quick      3 s runs, one round, idle WebSocket memory at 2,000 connections only
   --runs N     rounds of the throughput runs; the table shows the median (default 3, 1 with --quick)
   --only LIST  comma-separated subset of: ${ALL_PROXIES[*]} (default: all that are installed)
+  --limpet-bin PATH
+               measure this limpet binary instead of building one (cargo build --release)
 
 Environment: BENCH_KEEP=1 keeps the work directory (configs, logs, raw wrk output);
 BENCH_QUIET_WAIT=SECONDS bounds the wait for a quiet machine before each run (default 90).
@@ -30,6 +32,7 @@ EOF
 }
 
 QUICK=0
+LIMPET_BIN=
 RUNS=
 ONLY=$(IFS=,; echo "${ALL_PROXIES[*]}")
 while (($#)); do
@@ -39,6 +42,8 @@ while (($#)); do
         --runs=*) RUNS=${1#--runs=} ;;
         --only) ONLY=${2:?--only needs a list, e.g. --only nginx,haproxy}; shift ;;
         --only=*) ONLY=${1#--only=} ;;
+        --limpet-bin) LIMPET_BIN=${2:?--limpet-bin needs a path}; shift ;;
+        --limpet-bin=*) LIMPET_BIN=${1#--limpet-bin=} ;;
         -h | --help) usage; exit 0 ;;
         *) echo "bench: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -532,7 +537,10 @@ idle_runs() {
 
 version_of() {
     case $1 in
-        limpet) printf 'limpet %s\n' "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '(no commit)')" ;;
+        limpet)
+            printf '%s (tree %s)\n' "$("$LIMPET_BIN" --version 2>/dev/null | awk 'NR == 1')" \
+                "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo 'without commits')"
+            ;;
         nginx) nginx -v 2>&1 | awk 'NR == 1' ;;
         haproxy) haproxy -v 2>/dev/null | awk 'NR == 1 { print $1, $2, $3 }' ;;
     esac
@@ -557,6 +565,11 @@ RUN=()
 for p in "${PROXIES[@]}"; do
     case $p in
         limpet)
+            if [[ -n $LIMPET_BIN ]]; then
+                [[ -x $LIMPET_BIN ]] || { note "limpet: not built ($LIMPET_BIN is not an executable)"; continue; }
+                RUN+=("$p")
+                continue
+            fi
             say "bench: building limpet (release)"
             LIMPET_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/limpet
             if ! (cd "$ROOT" && cargo build --release --quiet) >"$WORK/limpet-build.log" 2>&1; then

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -64,13 +64,14 @@ impl AccessLog {
             upstream,
             server,
             sticky,
+            client_ip,
             tunnel,
         } = out;
         let Some(tx) = &self.tx else {
             return response.map(Logged::unlogged);
         };
         let entry = Entry {
-            client: client.peer.ip(),
+            client: client_ip.unwrap_or_else(|| client.peer.ip()),
             method,
             uri,
             status: response.status().as_u16(),
@@ -111,7 +112,7 @@ impl AccessLog {
     }
 }
 
-fn open_file(path: &PathBuf) -> Result<tokio::fs::File, String> {
+fn open_file(path: &Path) -> Result<tokio::fs::File, String> {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -245,5 +246,39 @@ impl Drop for Logged {
         if let Some(p) = self.pending.take() {
             let _ = p.tx.try_send(Msg::Line(p.entry.line(p.bytes, None)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            client: [10, 0, 0, 7].into(),
+            method: Method::POST,
+            uri: "/socket.io/?EIO=4&sid=abc".parse().unwrap(),
+            status: 200,
+            upstream: None,
+            server: None,
+            sticky: Some("hit"),
+            started: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_request_line_has_every_field_and_no_query() {
+        let line = entry().line(2, None);
+        assert!(line.starts_with(
+            "10.0.0.7 \"POST /socket.io/\" 200 bytes=2 upstream=- server=- duration_ms="
+        ));
+        assert!(line.ends_with(" sticky=hit\n"), "{line}");
+    }
+
+    #[test]
+    fn a_tunnel_line_adds_what_the_client_sent() {
+        let line = entry().line(7, Some(11));
+        assert!(line.contains(" bytes=7 "), "{line}");
+        assert!(line.ends_with(" sticky=hit bytes_in=11\n"), "{line}");
     }
 }

@@ -16,8 +16,9 @@ use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 use crate::app::App;
+use crate::config::Balance;
 use crate::upstream::state::DrainOverride;
-use crate::upstream::{now_ms, Health};
+use crate::upstream::{now_ms, Health, Peer};
 
 type AdminResponse = Response<Full<Bytes>>;
 
@@ -126,18 +127,9 @@ fn status(app: &App) -> serde_json::Value {
                 .peers
                 .iter()
                 .map(|p| {
-                    let state = if p.spec.down || p.state.passively_down(now) || p.state.health() == Health::Down {
-                        "down"
-                    } else if p.state.health() == Health::Checking {
-                        "checking"
-                    } else if p.state.draining(&p.spec) {
-                        "draining"
-                    } else {
-                        "up"
-                    };
                     json!({
                         "addr": p.spec.name,
-                        "state": state,
+                        "state": server_state(p, now),
                         "backup": p.spec.backup,
                         "weight": p.spec.weight,
                         "active": p.state.active(),
@@ -146,14 +138,40 @@ fn status(app: &App) -> serde_json::Value {
                     })
                 })
                 .collect();
-            let balance = format!("{:?}", up.config.balance).to_lowercase();
-            (
-                up.name().to_string(),
-                json!({ "balance": balance, "sessions": up.sessions.as_ref().map_or(0, |t| t.len()), "servers": servers }),
-            )
+            let sessions = up.sessions.as_ref().map_or(0, |t| t.len());
+            let upstream = json!({
+                "balance": balance_name(up.config.balance),
+                "sessions": sessions,
+                "servers": servers,
+            });
+            (up.name().to_string(), upstream)
         })
         .collect();
     json!({ "stopping": app.is_stopping(), "upstreams": upstreams })
+}
+
+/// A balance method as the config spells it.
+fn balance_name(b: Balance) -> &'static str {
+    match b {
+        Balance::RoundRobin => "round_robin",
+        Balance::LeastConn => "least_conn",
+        Balance::IpHash => "ip_hash",
+        Balance::Hash => "hash",
+        Balance::Sid => "sid",
+    }
+}
+
+/// What `/status` says of a server: down (config, checks or passive mark), checking, draining, or up.
+fn server_state(p: &Peer, now: u64) -> &'static str {
+    if p.spec.down || p.state.passively_down(now) || p.state.health() == Health::Down {
+        "down"
+    } else if p.state.health() == Health::Checking {
+        "checking"
+    } else if p.state.draining(&p.spec) {
+        "draining"
+    } else {
+        "up"
+    }
 }
 
 /// `POST /servers/{upstream}/{addr}/drain|undrain`.

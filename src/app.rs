@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -93,13 +94,11 @@ impl App {
         self.snapshot.load_full()
     }
 
-    /// A place for a new client connection, or None past `max_connections`.
-    pub fn admit(&self, listener: SocketAddr) -> Option<Permit> {
+    /// A place for a new client connection, or None past `max_connections`. `gauge` is its listener's
+    /// `limpet_client_connections_active`.
+    pub fn admit(&self, gauge: &IntGauge) -> Option<Permit> {
         let max = self.snapshot.load().config.global.max_connections;
-        let gauge = metrics()
-            .client_connections
-            .with_label_values(&[&listener.to_string()]);
-        Permit::take(&self.connections, max, gauge)
+        Permit::take(&self.connections, max, gauge.clone())
     }
 
     /// Watches the shutdown flag.

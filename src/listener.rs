@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -30,8 +31,6 @@ use crate::proxy::{self, ClientInfo, ConnHold, HeadCounts, HeadScan};
 use crate::proxy_protocol::{self, ProxyHeader};
 use prometheus::IntGauge;
 
-/// Most headers a request may carry; more is 431.
-const MAX_HEADERS: usize = 100;
 /// Backlog of each listen socket.
 const BACKLOG: u32 = 4096;
 
@@ -178,6 +177,9 @@ async fn accept_loop(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
+    let gauge = crate::metrics::metrics()
+        .client_connections
+        .with_label_values(&[&key.to_string()]);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -185,7 +187,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Some(permit) = app.admit(key) else {
+                let Some(permit) = app.admit(&gauge) else {
                     debug!(%peer, "max_connections reached: connection closed");
                     continue;
                 };
@@ -290,10 +292,10 @@ async fn serve_http(
     });
     let mut builder = http1::Builder::new();
     // Header, keep-alive and send deadlines are IdleIo's; hyper's header timer would count keep-alive idle time.
+    // hyper's default of 100 headers (more is 431) is kept: setting it moves header parsing to the heap.
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_headers(MAX_HEADERS)
         .max_header_size(block.max_header_bytes)
         .max_buf_size(block.max_header_bytes.max(8192))
         .keep_alive(!block.keepalive_timeout.is_zero());
@@ -355,6 +357,8 @@ struct ConnPhase {
     requests: AtomicU64,
     busy: AtomicBool,
     tunnel: AtomicBool,
+    /// The connection task, woken when a request ends so that a read left waiting meanwhile gets its deadline.
+    waker: AtomicWaker,
     /// The framing lines of a head seen whole: (its request number, from 1) << 24 | padded << 16 | te << 8 | cl.
     head: AtomicU64,
 }
@@ -390,6 +394,7 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.busy.store(false, Relaxed);
+        self.0.waker.wake();
     }
 }
 
@@ -548,6 +553,9 @@ impl AsyncRead for IdleIo {
             }
             Poll::Pending => {
                 this.read_waiting = true;
+                if this.phase.busy.load(Relaxed) {
+                    this.phase.waker.register(cx.waker());
+                }
                 match this.poll_expired(cx) {
                     // Idle between requests: end quietly, as a client closing would.
                     Poll::Ready(()) if this.head_started.is_none() => Poll::Ready(Ok(())),

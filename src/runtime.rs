@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::config::{Balance, Config, Location, Problem, ServerBlock};
+use crate::config::{Balance, Config, Location, Problem, ServerBlock, Store};
 use crate::metrics::ServerMetrics;
+use crate::sticky::store::SessionStore;
 use crate::sticky::table::SessionTable;
 use crate::tls;
 use crate::upstream::{ServerId, ServerState, TlsTarget, Upstream};
@@ -95,12 +96,17 @@ impl Snapshot {
     }
 }
 
-/// State that outlives snapshots: per-server state by (upstream, address) and sticky tables by upstream.
+/// A shared session store and what it was built from: (Redis URL, key prefix, store).
+type StoreEntry = (String, String, Arc<SessionStore>);
+
+/// State that outlives snapshots: per-server state by (upstream, address), sticky tables by upstream, and shared
+/// session stores by (upstream, URL, key prefix).
 #[derive(Default)]
 pub struct Carry {
     servers: Mutex<HashMap<(String, String), Arc<ServerState>>>,
     by_id: Arc<RwLock<HashMap<ServerId, Arc<ServerState>>>>,
     tables: Mutex<HashMap<String, Arc<SessionTable>>>,
+    stores: Mutex<HashMap<String, StoreEntry>>,
     next_id: Mutex<ServerId>,
 }
 
@@ -115,16 +121,20 @@ impl Carry {
                 .iter()
                 .map(|s| {
                     keep_servers.insert((name.clone(), s.name.clone()));
-                    self.server_state(name, &s.name, up.health_check.is_some())
+                    let state = self.server_state(name, &s.name, up.health_check.is_some());
+                    state.note_config_drain(s.drain);
+                    state
                 })
                 .collect();
             let table = (up.balance == Balance::Sid).then(|| self.table(name, up));
+            let store = table.as_ref().and_then(|_| self.store(name, up));
             upstreams.insert(
                 name.clone(),
                 Arc::new(Upstream::new(
                     up.clone(),
                     states,
                     table,
+                    store,
                     tls.upstreams.remove(name).unwrap_or_default(),
                 )),
             );
@@ -183,11 +193,46 @@ impl Carry {
         table
     }
 
-    /// Drops state of servers and tables that left the config, and sticky entries of removed servers.
+    /// The shared store of a sid upstream with `sticky.store = "redis://…"`, reused while its URL and key prefix
+    /// stay the same. None for a local store, or (logged) when the store cannot be set up.
+    fn store(&self, name: &str, up: &crate::config::Upstream) -> Option<Arc<SessionStore>> {
+        let Store::Redis(url) = &up.sticky.store else {
+            return None;
+        };
+        let prefix = &up.sticky.key_prefix;
+        let ttl = up.sticky.session_ttl;
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((u, p, store)) = stores.get(name) {
+            if u == url && p == prefix {
+                store.set_ttl(ttl);
+                return Some(store.clone());
+            }
+        }
+        match SessionStore::new(url, prefix, ttl, name) {
+            Ok(store) => {
+                stores.insert(
+                    name.to_string(),
+                    (url.clone(), prefix.clone(), store.clone()),
+                );
+                Some(store)
+            }
+            Err(e) => {
+                tracing::error!(upstream = %name, error = %e, "session store disabled: routing with the local table only");
+                stores.remove(name);
+                None
+            }
+        }
+    }
+
+    /// Drops state of servers, tables and stores that left the config, and sticky entries of removed servers.
     fn prune(&self, keep: &HashSet<(String, String)>, upstreams: &BTreeMap<String, Arc<Upstream>>) {
         let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
         let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         tables.retain(|name, _| upstreams.get(name).is_some_and(|u| u.sessions.is_some()));
+        self.stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| upstreams.get(name).is_some_and(|u| u.store.is_some()));
         for up in upstreams.values() {
             if let Some(t) = &up.sessions {
                 let ids: HashSet<ServerId> = up.peers.iter().map(|p| p.state.id).collect();

@@ -229,6 +229,9 @@ async fn drain_in_the_config_and_through_the_api() {
     let b = HttpBackend::start("b").await;
     let servers = [server(a.addr, ""), server(b.addr, "drain = true")];
     let limpet = Limpet::start(&config("round_robin", "", &servers));
+    let st: Value =
+        serde_json::from_slice(&get(limpet.admin.unwrap(), "/status").await.body).unwrap();
+    assert_eq!(st["upstreams"]["app"]["balance"], "round_robin", "{st}");
     assert_eq!(server_status(&limpet, b.addr).await["state"], "draining");
     for _ in 0..6 {
         assert_eq!(get(limpet.addr(), "/x").await.text(), "a");

@@ -351,7 +351,15 @@ fn sticky(c: &mut Checker, path: &str, s: Option<&RawSticky>) -> Sticky {
     ) as usize;
     let store = match s.store.as_deref() {
         None | Some("local") => Store::Local,
-        Some(url) if url.starts_with("redis://") => Store::Redis(url.to_string()),
+        Some(url) if url.starts_with("redis://") => {
+            if let Err(e) = redis::Client::open(url) {
+                c.error(
+                    format!("{path}.store"),
+                    format!("invalid Redis URL {url:?}: {e} (write \"redis://host:port/db\")"),
+                );
+            }
+            Store::Redis(url.to_string())
+        }
         Some(other) => {
             c.error(
                 format!("{path}.store"),

@@ -55,6 +55,8 @@ pub struct Outcome {
     pub upstream: Option<Arc<Upstream>>,
     pub server: Option<usize>,
     pub sticky: Option<&'static str>,
+    /// The client address after PROXY protocol and `trusted_proxies` (None before it was known).
+    pub client_ip: Option<std::net::IpAddr>,
     /// For a `101`: what the tunnel carried, once it has ended.
     pub tunnel: Option<tokio::sync::oneshot::Receiver<tunnel::Carried>>,
 }
@@ -70,6 +72,7 @@ pub async fn handle(snap: Arc<Snapshot>, client: &ClientInfo, req: Request<Incom
         upstream: None,
         server: None,
         sticky: None,
+        client_ip: None,
         tunnel: None,
     };
     match forward(&snap, client, req, &mut out).await {
@@ -119,8 +122,9 @@ async fn forward(
         return Err(ProxyError::BodyTooLarge);
     }
     let client_ip = request::client_ip(client, &site.block.trusted_proxies, req.headers());
+    out.client_ip = Some(client_ip);
     let websocket = request::wants_websocket(&req);
-    let plan = sticky::plan(&upstream, &req, websocket, out)?;
+    let plan = sticky::plan(&upstream, &req, websocket, out).await?;
     let upgrade = websocket.then(|| Upgrade {
         client: hyper::upgrade::on(&mut req),
         accept: request::expected_accept(&req),
@@ -136,6 +140,7 @@ async fn forward(
         route,
         upstream: &upstream,
         client,
+        log_tunnels: snap.config.global.access_log != crate::config::AccessLog::Off,
     };
     send(&ctx, plan, &key, prepared, upgrade, out).await
 }
@@ -145,6 +150,8 @@ struct Ctx<'a> {
     route: &'a Route,
     upstream: &'a Arc<Upstream>,
     client: &'a ClientInfo,
+    /// The access log is on: a tunnel reports what it carried when it ends.
+    log_tunnels: bool,
 }
 
 /// The client half of a WebSocket upgrade and the accept value its server must answer.
@@ -283,7 +290,7 @@ async fn respond(
                 "101 to a request that asked for no upgrade",
             ));
         };
-        return switch_protocols(route, resp, lease, upgrade, ctx.client, out);
+        return switch_protocols(ctx, resp, lease, upgrade, out);
     }
     let (mut parts, body) = resp.into_parts();
     let (prefix, body) =
@@ -298,13 +305,13 @@ async fn respond(
 }
 
 fn switch_protocols(
-    route: &Route,
+    ctx: &Ctx<'_>,
     mut resp: Response<Incoming>,
     lease: Lease,
     upgrade: Upgrade,
-    client: &ClientInfo,
     out: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let (route, client) = (ctx.route, ctx.client);
     request::check_websocket_accept(&resp, upgrade.accept.as_deref())?;
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let mut client_resp = Response::new(ResponseBody::empty());
@@ -317,10 +324,16 @@ fn switch_protocols(
     let idle = route.location.read_timeout;
     let hold = client.hold.clone();
     let tunnel = tunnel::run(upgrade.client, upstream_upgrade, idle, lease.in_flight);
-    let (ended, carried) = tokio::sync::oneshot::channel();
-    out.tunnel = Some(carried);
+    let ended = ctx.log_tunnels.then(|| {
+        let (ended, carried) = tokio::sync::oneshot::channel();
+        out.tunnel = Some(carried);
+        ended
+    });
     hold.tracker.clone().spawn(async move {
-        let _ = ended.send(tunnel.await);
+        let carried = tunnel.await;
+        if let Some(ended) = ended {
+            let _ = ended.send(carried);
+        }
         drop(hold);
     });
     Ok(client_resp)

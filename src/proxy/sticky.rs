@@ -45,40 +45,61 @@ const PICK: Plan = Plan {
 };
 
 /// Decides where a request goes; a session whose server is gone gets Engine.IO's "Session ID unknown".
-pub fn plan(
+/// The local table decides first; only a sid it does not hold is looked up in the shared store, if any.
+pub async fn plan(
     upstream: &Upstream,
     req: &Request<Incoming>,
     upgrade: bool,
     out: &mut Outcome,
 ) -> Result<Plan, ProxyError> {
+    match local_plan(upstream, req, upgrade, out)? {
+        Local::Decided(plan) => Ok(plan),
+        Local::Unknown(sid) => shared_plan(upstream, &sid, upgrade, out).await,
+    }
+}
+
+/// What the local table (or the sid's route prefix) made of a request.
+enum Local {
+    Decided(Plan),
+    /// A well-formed sid the table does not hold.
+    Unknown(String),
+}
+
+fn local_plan(
+    upstream: &Upstream,
+    req: &Request<Incoming>,
+    upgrade: bool,
+    out: &mut Outcome,
+) -> Result<Local, ProxyError> {
+    let decided = |plan| Ok(Local::Decided(plan));
     let Some(table) = &upstream.sessions else {
-        return Ok(PICK);
+        return decided(PICK);
     };
     if !req
         .uri()
         .path()
         .starts_with(upstream.config.sticky.path.as_str())
     {
-        return Ok(PICK);
+        return decided(PICK);
     }
     let query = req.uri().query().unwrap_or("");
     if engineio::is_handshake(query) {
         // A new session: an `io` cookie left from an old one must not steer it.
         out.sticky = Some("new");
-        return Ok(Plan {
+        return decided(Plan {
             target: Target::Pick,
             learn: Learn::Handshake,
         });
     }
     let Some(raw) = engineio::query_sid(query).or_else(|| cookie_sid(req)) else {
-        return Ok(Plan {
+        return decided(Plan {
             target: Target::Pick,
             learn: Learn::Cookie,
         });
     };
     // A sid that does not decode to 1..=MAX_SID_LEN bytes cannot be in the table: unknown.
     let Some(sid) = engineio::decode_sid(raw) else {
-        return Ok(miss(upstream, out));
+        return decided(miss(upstream, out));
     };
     let now = now_ms();
     if upstream.config.sticky.sid_prefix {
@@ -86,29 +107,63 @@ pub fn plan(
             .split_once('.')
             .and_then(|(route, _)| upstream.index_of_route(route))
         {
-            return fixed_or_dead(upstream, index, now, upgrade, out);
+            return fixed_or_dead(upstream, index, now, upgrade, out).map(Local::Decided);
         }
     }
-    match table.lookup(&sid) {
-        Some(id) => match upstream.index_of(id) {
-            Some(index) if upstream.peers[index].alive(now) => {
-                upstream.lookups.hit.inc();
-                out.sticky = Some("hit");
-                Ok(Plan {
-                    target: Target::Fixed(index),
-                    learn: Learn::Cookie,
-                })
+    let Some(id) = table.lookup(&sid) else {
+        return Ok(Local::Unknown(sid.into_owned()));
+    };
+    match upstream.index_of(id) {
+        Some(index) if upstream.peers[index].alive(now) => {
+            if let Some(store) = &upstream.store {
+                store.touch(&sid, &upstream.peers[index].spec.name);
             }
-            // Down, removed from the config (GONE), or not alive now: the session is lost.
-            _ => {
-                table.forget(&sid);
-                upstream.lookups.dead.inc();
-                out.sticky = Some("dead");
-                Err(ProxyError::SessionUnknown { upgrade })
-            }
-        },
-        None => Ok(miss(upstream, out)),
+            decided(hit(upstream, index, out))
+        }
+        // Down, removed from the config (GONE), or not alive now: the session is lost.
+        _ => {
+            table.forget(&sid);
+            Err(dead(upstream, upgrade, out))
+        }
     }
+}
+
+/// A sid the local table does not hold: the shared store, when there is one, may know its server.
+async fn shared_plan(
+    upstream: &Upstream,
+    sid: &str,
+    upgrade: bool,
+    out: &mut Outcome,
+) -> Result<Plan, ProxyError> {
+    let (Some(store), Some(table)) = (&upstream.store, &upstream.sessions) else {
+        return Ok(miss(upstream, out));
+    };
+    let Some(server) = store.get(sid).await else {
+        return Ok(miss(upstream, out));
+    };
+    match upstream.index_of_name(&server) {
+        Some(index) if upstream.peers[index].alive(now_ms()) => {
+            table.learn(sid, upstream.peers[index].state.id);
+            Ok(hit(upstream, index, out))
+        }
+        // Learned by another instance for a server that is down or not in this config: the session is lost.
+        _ => Err(dead(upstream, upgrade, out)),
+    }
+}
+
+fn hit(upstream: &Upstream, index: usize, out: &mut Outcome) -> Plan {
+    upstream.lookups.hit.inc();
+    out.sticky = Some("hit");
+    Plan {
+        target: Target::Fixed(index),
+        learn: Learn::Cookie,
+    }
+}
+
+fn dead(upstream: &Upstream, upgrade: bool, out: &mut Outcome) -> ProxyError {
+    upstream.lookups.dead.inc();
+    out.sticky = Some("dead");
+    ProxyError::SessionUnknown { upgrade }
 }
 
 /// A sid the table does not hold goes where the fallback places it (and may be learned from a cookie).
@@ -129,16 +184,12 @@ fn fixed_or_dead(
     out: &mut Outcome,
 ) -> Result<Plan, ProxyError> {
     if upstream.peers[index].alive(now) {
-        upstream.lookups.hit.inc();
-        out.sticky = Some("hit");
         Ok(Plan {
-            target: Target::Fixed(index),
             learn: Learn::No,
+            ..hit(upstream, index, out)
         })
     } else {
-        upstream.lookups.dead.inc();
-        out.sticky = Some("dead");
-        Err(ProxyError::SessionUnknown { upgrade })
+        Err(dead(upstream, upgrade, out))
     }
 }
 
@@ -193,6 +244,11 @@ pub async fn learn(
     {
         table.learn(&sid, peer.state.id);
         peer.state.metrics.sticky_learned.inc();
+        if let Some(store) = &upstream.store {
+            // Before the client has its sid, so any instance can route its next request. A failed write is
+            // counted by the store; the session then lives in this instance's table only.
+            store.put(&sid, &peer.spec.name).await;
+        }
     }
     Ok((Some(prefix), body))
 }

@@ -1,16 +1,17 @@
 //! The shared session store: learned sessions written to Redis so that several limpet instances route a session
 //! alike. The local table stays the first lookup; Redis is asked only on a local miss. Writes are batched into
 //! pipelines by one writer task; a Redis outage degrades to local routing (logged, counted), never to a failed
-//! request.
+//! request. After a failure the store is left alone for `BACKOFF`, so an outage that times out costs requests
+//! nothing while the connection manager reconnects in the background.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::metrics::metrics;
 
@@ -21,17 +22,15 @@ const QUEUE: usize = 16 * 1024;
 /// Most commands in one pipeline.
 const BATCH: usize = 512;
 /// At most one warning per this many seconds while Redis fails.
-const LOG_EVERY_SECS: u64 = 10;
+const LOG_EVERY_MS: u64 = 10_000;
+/// How long after a failure requests skip Redis.
+const BACKOFF_MS: u64 = 1000;
 
-enum Write {
-    Put {
-        key: String,
-        server: String,
-        done: Option<oneshot::Sender<bool>>,
-    },
-    Touch {
-        key: String,
-    },
+/// One `SET key server EX ttl`, acknowledged when someone waits for it.
+struct Write {
+    key: String,
+    server: String,
+    done: Option<oneshot::Sender<bool>>,
 }
 
 /// A Redis-backed view of one upstream's sessions.
@@ -41,7 +40,12 @@ pub struct SessionStore {
     ttl_secs: AtomicU64,
     writes: mpsc::Sender<Write>,
     errors: IntCounter,
-    last_log: Arc<AtomicU64>,
+    /// `now_ms()` before which failures are not logged again.
+    quiet_until: AtomicU64,
+    /// `now_ms()` before which requests skip Redis (set by a failure).
+    skip_until: AtomicU64,
+    /// Set by a failure, cleared (and logged) by the next success.
+    failing: AtomicBool,
 }
 
 impl SessionStore {
@@ -68,7 +72,9 @@ impl SessionStore {
             ttl_secs: AtomicU64::new(ttl.as_secs().max(1)),
             writes: tx,
             errors: metrics().sticky_store_errors.with_label_values(&[upstream]),
-            last_log: Arc::new(AtomicU64::new(0)),
+            quiet_until: AtomicU64::new(0),
+            skip_until: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
         });
         tokio::spawn(write_batches(rx, conn, Arc::downgrade(&store)));
         Ok(store)
@@ -83,10 +89,19 @@ impl SessionStore {
         format!("{}{}", self.prefix, sid)
     }
 
-    /// Writes a learned session and waits (at most `OP_TIMEOUT`) until Redis has it. False when it did not.
+    /// False while requests skip Redis after a failure.
+    fn usable(&self) -> bool {
+        crate::upstream::now_ms() >= self.skip_until.load(Relaxed)
+    }
+
+    /// Writes a learned session and waits (at most `OP_TIMEOUT`) until Redis has it. False when it did not
+    /// (already counted and logged).
     pub async fn put(&self, sid: &str, server: &str) -> bool {
+        if !self.usable() {
+            return false;
+        }
         let (done, acked) = oneshot::channel();
-        let write = Write::Put {
+        let write = Write {
             key: self.key(sid),
             server: server.to_string(),
             done: Some(done),
@@ -95,16 +110,27 @@ impl SessionStore {
             self.failed("write queue full");
             return false;
         }
+        // A pipeline that fails or times out is counted by the writer.
         matches!(tokio::time::timeout(OP_TIMEOUT, acked).await, Ok(Ok(true)))
     }
 
-    /// Refreshes a session's expiry, without waiting.
-    pub fn touch(&self, sid: &str) {
-        let _ = self.writes.try_send(Write::Touch { key: self.key(sid) });
+    /// Refreshes a session's expiry without waiting. It rewrites the value too, so sessions come back after
+    /// Redis lost them (a restart without persistence).
+    pub fn touch(&self, sid: &str, server: &str) {
+        if self.usable() {
+            let _ = self.writes.try_send(Write {
+                key: self.key(sid),
+                server: server.to_string(),
+                done: None,
+            });
+        }
     }
 
     /// The server (by address) Redis holds for a session; None when absent or when Redis does not answer in time.
     pub async fn get(&self, sid: &str) -> Option<String> {
+        if !self.usable() {
+            return None;
+        }
         let mut conn = self.conn.clone();
         let key = self.key(sid);
         let get = async move {
@@ -114,7 +140,10 @@ impl SessionStore {
                 .await
         };
         match tokio::time::timeout(OP_TIMEOUT, get).await {
-            Ok(Ok(v)) => v,
+            Ok(Ok(v)) => {
+                self.succeeded();
+                v
+            }
             Ok(Err(e)) => {
                 self.failed(&e.to_string());
                 None
@@ -126,14 +155,22 @@ impl SessionStore {
         }
     }
 
+    fn succeeded(&self) {
+        if self.failing.swap(false, Relaxed) {
+            info!("session store reachable again");
+        }
+    }
+
     fn failed(&self, why: &str) {
         self.errors.inc();
-        let now = crate::upstream::now_ms() / 1000;
-        let last = self.last_log.load(Relaxed);
-        if now >= last + LOG_EVERY_SECS
+        self.failing.store(true, Relaxed);
+        let now = crate::upstream::now_ms();
+        self.skip_until.store(now + BACKOFF_MS, Relaxed);
+        let quiet_until = self.quiet_until.load(Relaxed);
+        if now >= quiet_until
             && self
-                .last_log
-                .compare_exchange(last, now, Relaxed, Relaxed)
+                .quiet_until
+                .compare_exchange(quiet_until, now + LOG_EVERY_MS, Relaxed, Relaxed)
                 .is_ok()
         {
             warn!(error = %why, "session store unavailable: routing with the local table only");
@@ -153,33 +190,26 @@ async fn write_batches(
         let ttl = store.ttl_secs.load(Relaxed);
         let mut pipe = redis::pipe();
         for w in &batch {
-            match w {
-                Write::Put { key, server, .. } => pipe
-                    .cmd("SET")
-                    .arg(key)
-                    .arg(server)
-                    .arg("EX")
-                    .arg(ttl)
-                    .ignore(),
-                Write::Touch { key } => pipe.cmd("EXPIRE").arg(key).arg(ttl).ignore(),
-            };
+            pipe.cmd("SET")
+                .arg(&w.key)
+                .arg(&w.server)
+                .arg("EX")
+                .arg(ttl)
+                .ignore();
         }
         let sent = tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
         let ok = matches!(sent, Ok(Ok(())));
-        if !ok {
+        if ok {
+            store.succeeded();
+        } else {
             let why = match sent {
                 Ok(Err(e)) => e.to_string(),
                 _ => "write timed out".to_string(),
             };
             store.failed(&why);
         }
-        for w in batch.drain(..) {
-            if let Write::Put {
-                done: Some(done), ..
-            } = w
-            {
-                let _ = done.send(ok);
-            }
+        for done in batch.drain(..).filter_map(|w| w.done) {
+            let _ = done.send(ok);
         }
     }
 }

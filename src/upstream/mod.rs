@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::balance::{Balancer, Candidate, Method, PickKey, ServerView};
 use crate::config::{self, Balance};
 use crate::metrics::{metrics, StatusCounters, NO_SERVER};
+use crate::sticky::store::SessionStore;
 use crate::sticky::table::SessionTable;
 pub use pool::{Conn, ConnectError, Pool, TlsTarget, UpstreamStream};
 use prometheus::{Histogram, IntCounter};
@@ -56,6 +57,8 @@ pub struct Upstream {
     pub method: Method,
     /// The sid table, for `balance = "sid"`.
     pub sessions: Option<Arc<SessionTable>>,
+    /// The sessions shared with other limpet instances, for `sticky.store = "redis://…"`.
+    pub store: Option<Arc<SessionStore>>,
     /// Sticky lookups by result.
     pub lookups: Lookups,
     /// Request durations.
@@ -102,12 +105,13 @@ impl ServerView for View<'_> {
 }
 
 impl Upstream {
-    /// Builds the runtime group from its config, the servers' carried-over state and, for HTTPS to the servers,
-    /// their TLS targets (each in config order; `tls` empty for plain TCP).
+    /// Builds the runtime group from its config, the servers' carried-over state, its sticky table and shared
+    /// store and, for HTTPS to the servers, their TLS targets (each in config order; `tls` empty for plain TCP).
     pub fn new(
         config: config::Upstream,
         states: Vec<Arc<ServerState>>,
         sessions: Option<Arc<SessionTable>>,
+        store: Option<Arc<SessionStore>>,
         tls: Vec<TlsTarget>,
     ) -> Upstream {
         let mut tls = tls.into_iter();
@@ -142,6 +146,7 @@ impl Upstream {
             duration: metrics().duration(&config.name),
             no_server: StatusCounters::new(&config.name, NO_SERVER),
             sessions,
+            store,
             peers,
             config,
         }
@@ -174,6 +179,11 @@ impl Upstream {
     /// Index of the server with this stable id, if it is still in the group.
     pub fn index_of(&self, id: ServerId) -> Option<usize> {
         self.peers.iter().position(|p| p.state.id == id)
+    }
+
+    /// Index of the server whose address (as written in the config) is `name`.
+    pub fn index_of_name(&self, name: &str) -> Option<usize> {
+        self.peers.iter().position(|p| p.spec.name == name)
     }
 
     /// Index of the server whose `route` is `route`.

@@ -45,6 +45,8 @@ pub struct ServerState {
     pub metrics: ServerMetrics,
     health: AtomicU8,
     drain: AtomicU8,
+    /// The config's `drain` as last loaded (0 false, 1 true, 2 not loaded yet).
+    config_drain: AtomicU8,
     fails: AtomicU32,
     window_start_ms: AtomicU64,
     down_until_ms: AtomicU64,
@@ -64,6 +66,7 @@ impl ServerState {
             metrics: ServerMetrics::new(upstream, name),
             health: AtomicU8::new(Health::Up as u8),
             drain: AtomicU8::new(DrainOverride::None as u8),
+            config_drain: AtomicU8::new(2),
             fails: AtomicU32::new(0),
             window_start_ms: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
@@ -104,6 +107,15 @@ impl ServerState {
 
     pub fn set_drain_override(&self, d: DrainOverride) {
         self.drain.store(d as u8, Relaxed);
+    }
+
+    /// Notes the config's `drain` at a load; when it changed, the config wins over an earlier admin override.
+    pub fn note_config_drain(&self, drain: bool) {
+        let code = u8::from(drain);
+        let before = self.config_drain.swap(code, Relaxed);
+        if before != 2 && before != code {
+            self.set_drain_override(DrainOverride::None);
+        }
     }
 
     /// Is the server draining (config or admin API)?

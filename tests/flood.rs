@@ -1,0 +1,114 @@
+//! A bounded connection flood: 5,000 connections opened and held for 10 s. A normal request succeeds during
+//! and after, every held connection is counted, and the memory they took is given back to limpet's allocator:
+//! a second flood reuses it instead of adding to it.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const FLOOD: usize = 5_000;
+/// Slack on memory comparisons: allocator and runtime bookkeeping, not per-connection state (5,000 leaked
+/// connections would be ~100 MiB).
+const SLACK_KIB: u64 = 30 * 1024;
+
+/// Sum of a gauge over its labels, from the admin /metrics.
+async fn gauge(limpet: &Limpet, name: &str) -> i64 {
+    let text = get(limpet.admin.expect("admin"), "/metrics").await.text();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as i64
+}
+
+/// Opens FLOOD connections in batches; each sends the start of a request head and then nothing.
+async fn flood(addr: SocketAddr) -> Vec<TcpStream> {
+    let mut held: Vec<TcpStream> = Vec::with_capacity(FLOOD);
+    while held.len() < FLOOD {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..250.min(FLOOD - held.len()) {
+            batch.spawn(async move {
+                let mut s = TcpStream::connect(addr).await.expect("flood connect");
+                s.write_all(b"GET /flood HTTP/1.1\r\n")
+                    .await
+                    .expect("flood write");
+                s
+            });
+        }
+        while let Some(s) = batch.join_next().await {
+            held.push(s.expect("flood task"));
+        }
+    }
+    held
+}
+
+async fn wait_clients(limpet: &Limpet, what: &str, done: impl Fn(i64) -> bool) {
+    eventually(Duration::from_secs(30), what, || async {
+        done(gauge(limpet, "limpet_client_connections_active").await).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_held_connections_leave_service_and_memory_intact() {
+    let limit = rlimit::increase_nofile_limit(4 * FLOOD as u64).expect("raise RLIMIT_NOFILE");
+    assert!(limit >= 2 * FLOOD as u64, "RLIMIT_NOFILE too low: {limit}");
+    let backend = HttpBackend::start("b").await;
+    let config = simple_config("round_robin", &[backend.addr], "", "").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\"]\nclient_header_timeout = \"60s\"",
+    );
+    let limpet = Limpet::start(&config);
+    let addr = limpet.addr();
+    assert_eq!(get(addr, "/warm").await.status, 200);
+    let start_kib = limpet.rss_kib();
+
+    let held = flood(addr).await;
+    wait_clients(&limpet, "every flood connection held", |n| {
+        n >= FLOOD as i64
+    })
+    .await;
+    let peak_kib = limpet.rss_kib();
+    assert_eq!(get(addr, "/during").await.status, 200);
+    tokio::time::sleep(Duration::from_secs(10)).await; // hold the flood for its 10 s
+    assert_eq!(get(addr, "/still").await.status, 200);
+    drop(held);
+    wait_clients(&limpet, "flood connections gone", |n| n == 0).await;
+    assert_eq!(get(addr, "/after").await.status, 200);
+    let after_kib = limpet.rss_kib();
+
+    for round in 0..4 {
+        let held = flood(addr).await;
+        wait_clients(&limpet, "x", |n| n >= FLOOD as i64).await;
+        let p = limpet.rss_kib();
+        drop(held);
+        wait_clients(&limpet, "y", |n| n == 0).await;
+        eprintln!("EXP round {round}: peak {p} closed {}", limpet.rss_kib());
+    }
+    // A second flood runs in the memory the first one gave back.
+    let held = flood(addr).await;
+    wait_clients(&limpet, "second flood held", |n| n >= FLOOD as i64).await;
+    let second_peak_kib = limpet.rss_kib();
+    drop(held);
+    wait_clients(&limpet, "second flood gone", |n| n == 0).await;
+    assert_eq!(get(addr, "/after-second").await.status, 200);
+    let end_kib = limpet.rss_kib();
+    eprintln!(
+        "limpet RSS KiB: start {start_kib}, {FLOOD} held {peak_kib}, closed {after_kib}, \
+         again {second_peak_kib}, closed {end_kib}"
+    );
+    assert!(peak_kib > start_kib, "the flood was not held");
+    assert!(
+        second_peak_kib <= peak_kib + SLACK_KIB,
+        "memory grew across floods: {peak_kib} KiB then {second_peak_kib} KiB"
+    );
+    assert!(
+        end_kib <= peak_kib + SLACK_KIB,
+        "memory kept growing: {end_kib} KiB"
+    );
+    assert_eq!(backend.hits(), 5, "no flood head reached the backend");
+}

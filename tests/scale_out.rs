@@ -1,0 +1,611 @@
+//! Several limpet instances in front of one Socket.IO fleet, a session's requests reaching either: shared sessions
+//! through a real `redis-server` (`sticky.store`), and stateless routing by sid prefix (`sticky.sid_prefix`).
+//! Every instance places unknown sids with `fallback = "round_robin"` over three nodes, so a request routed
+//! without knowing its session lands on a wrong node two times out of three.
+
+#[allow(dead_code)]
+#[path = "socketio_sticky/eio.rs"]
+mod eio;
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eio::{json, poll_path, Conn, Reply, POLL};
+use serde_json::Value;
+use support::node::Node;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WAIT: Duration = Duration::from_secs(20);
+/// Bound on one client.js run, in ms.
+const RUN_TIMEOUT: &str = "60000";
+const KEY_PREFIX: &str = "limpet:sid:";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_alternating_between_two_instances_stays_on_its_node() {
+    let redis = Redis::start();
+    let fleet = NodeFleet::start(3, &[]);
+    let config = store_config(&fleet.addrs(), &redis.url());
+    let (a, b) = (Limpet::start(&config), Limpet::start(&config));
+
+    for round in 0..3 {
+        let mut alt = Alt::new(&[a.addr(), b.addr()]).await;
+        let sid = alt.handshake().await;
+        let owner = redis
+            .get(&format!("{KEY_PREFIX}{sid}"))
+            .await
+            .expect("the handshake answer came after the session was in Redis");
+        let node = fleet
+            .id_of(&owner)
+            .expect("Redis names a server by its address");
+        alt.connect_ns(&sid).await;
+        for n in 1..=6 {
+            assert_eq!(
+                alt.whoami(&sid, n).await,
+                node,
+                "session {round}, whoami {n}"
+            );
+        }
+        assert!(alt.sent[1] >= 7, "B took its share: {:?}", alt.sent);
+    }
+    for (name, limpet) in [("A", &a), ("B", &b)] {
+        let m = metrics(limpet).await;
+        assert_eq!(
+            metric(&m, "limpet_sticky_store_errors_total", &[]),
+            0.0,
+            "{name}: {m}"
+        );
+        assert_eq!(
+            lookups(&m, "miss") + lookups(&m, "dead"),
+            0.0,
+            "{name}: {m}"
+        );
+    }
+
+    // The same alternation over two instances that share nothing: B places the sid by round robin.
+    let config = sid_config(&fleet.addrs(), "");
+    let (a, b) = (Limpet::start(&config), Limpet::start(&config));
+    let sid = eio::open(&mut Conn::open(a.addr(), [127, 0, 0, 1]).await).await;
+    let mut on_b = Conn::open(b.addr(), [127, 0, 0, 1]).await;
+    let mut refused = 0;
+    for _ in 0..3 {
+        let r = on_b.send("POST", &poll_path(&sid), "", "3").await;
+        refused += usize::from(r.status == 400);
+    }
+    assert_eq!(
+        refused, 2,
+        "round robin over 3 nodes sends 2 of 3 requests to a node without the session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_clients_behind_an_l4_round_robin_over_two_instances() {
+    let redis = Redis::start();
+    let fleet = NodeFleet::start(3, &[]);
+    let config = store_config(&fleet.addrs(), &redis.url());
+    let (a, b) = (Limpet::start(&config), Limpet::start(&config));
+    let l4 = Forwarder::start(vec![a.addr(), b.addr()]).await;
+
+    let r = clients(&l4.url(), "--clients 20 --emits 10 --transports polling").await;
+    assert_clean(&r, 20, 10);
+    assert_eq!(r["transports"]["polling"], 20, "{r}");
+    let spread = l4.connections();
+    assert!(
+        spread.iter().all(|&n| n > 0),
+        "connections per instance {spread:?}"
+    );
+    let (ma, mb) = (metrics(&a).await, metrics(&b).await);
+    let learned = |m: &str| metric(m, "limpet_sticky_learned_total", &[]);
+    assert_eq!(
+        learned(&ma) + learned(&mb),
+        20.0,
+        "each session learned once:\n{ma}\n{mb}"
+    );
+    for m in [&ma, &mb] {
+        assert!(lookups(m, "hit") > 0.0, "{m}");
+        assert_eq!(
+            metric(m, "limpet_sticky_store_errors_total", &[]),
+            0.0,
+            "{m}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_stopped_known_sessions_keep_routing_and_new_ones_still_open() {
+    let mut redis = Redis::start();
+    let fleet = NodeFleet::start(3, &[]);
+    let config = store_config(&fleet.addrs(), &redis.url());
+    let (a, b) = (Limpet::start(&config), Limpet::start(&config));
+
+    // A session both instances know (B learned it from Redis on its first request).
+    let mut alt = Alt::new(&[a.addr(), b.addr()]).await;
+    let sid = alt.handshake().await;
+    alt.connect_ns(&sid).await;
+    let node = alt.whoami(&sid, 1).await;
+
+    redis.stop();
+    for n in 2..=8 {
+        assert_eq!(
+            alt.whoami(&sid, n).await,
+            node,
+            "whoami {n} with Redis down"
+        );
+    }
+    // New sessions open and work on the instance that took them.
+    for _ in 0..3 {
+        let (fresh, _) = eio::session(a.addr(), [127, 0, 0, 1]).await;
+        assert!(!fresh.is_empty());
+    }
+    a.wait_log("session store unavailable", WAIT).await;
+    let m = metrics(&a).await;
+    assert!(
+        metric(&m, "limpet_sticky_store_errors_total", &[]) > 0.0,
+        "{m}"
+    );
+    assert_eq!(lookups(&m, "dead"), 0.0, "{m}");
+
+    // Redis back (empty): new sessions are shared again, and known ones are written back as they are used.
+    redis.restart();
+    let key = format!("{KEY_PREFIX}{sid}");
+    let deadline = std::time::Instant::now() + WAIT;
+    for n in 9.. {
+        assert_eq!(alt.whoami(&sid, n).await, node);
+        let back = a
+            .logs()
+            .iter()
+            .any(|l| l.contains("session store reachable again"));
+        if back && redis.get(&key).await.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not come back:\n{}",
+            a.logs().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_instance_routes_known_sessions_from_redis_on_their_first_request() {
+    let redis = Redis::start();
+    let fleet = NodeFleet::start(3, &[]);
+    let config = store_config(&fleet.addrs(), &redis.url());
+    let a = Limpet::start(&config);
+    let b = Limpet::start(&config);
+
+    // Sessions learned through A, and one that B knew too.
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(eio::session(a.addr(), [127, 0, 0, 1]).await);
+    }
+    let mut alt = Alt::new(&[a.addr(), b.addr()]).await;
+    let shared = alt.handshake().await;
+    alt.connect_ns(&shared).await;
+    sessions.push((shared.clone(), alt.whoami(&shared, 1).await));
+
+    drop(b);
+    let b = Limpet::start(&config);
+    let mut conn = Conn::open(b.addr(), [127, 0, 0, 1]).await;
+    for (sid, node) in &sessions {
+        assert_eq!(
+            &eio::whoami(&mut conn, sid, 2).await,
+            node,
+            "{sid} on the new B"
+        );
+    }
+    let m = metrics(&b).await;
+    assert_eq!(lookups(&m, "miss"), 0.0, "{m}");
+    assert_eq!(metric(&m, "limpet_sticky_learned_total", &[]), 0.0, "{m}");
+    assert!(lookups(&m, "hit") >= sessions.len() as f64, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sid_prefix_routes_across_two_instances_with_no_store() {
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| Node::start(&format!("n{i}"), &["--sid-prefix", &format!("n{i}")]))
+        .collect();
+    let routed: Vec<(SocketAddr, String)> = nodes.iter().map(|n| (n.addr, n.id.clone())).collect();
+    // path "/" also puts the nodes' /request endpoint under sticky routing.
+    let config = route_config(&routed, "sid_prefix = true\npath = \"/\"");
+    let (a, b) = (Limpet::start(&config), Limpet::start(&config));
+
+    for _ in 0..3 {
+        let mut alt = Alt::new(&[a.addr(), b.addr()]).await;
+        let sid = alt.handshake().await;
+        let (route, _) = sid.split_once('.').expect("a prefixed sid");
+        alt.connect_ns(&sid).await;
+        for n in 1..=4 {
+            assert_eq!(alt.whoami(&sid, n).await, route, "{sid}");
+        }
+    }
+    let l4 = Forwarder::start(vec![a.addr(), b.addr()]).await;
+    let r = clients(&l4.url(), "--clients 10 --emits 5 --transports polling").await;
+    assert_clean(&r, 10, 5);
+
+    // Any sid with a known route goes to that server; an unknown route is placed by the fallback.
+    let node_of = |limpet: &Limpet, sid: &str| {
+        let addr = limpet.addr();
+        let path = format!("/request?sid={sid}");
+        async move {
+            json(&get(addr, &path).await.text())["node"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    for limpet in [&a, &b] {
+        let mut fallback = Vec::new();
+        for i in 0..3 {
+            assert_eq!(node_of(limpet, &format!("n2.made-up-{i}")).await, "n2");
+            fallback.push(node_of(limpet, &format!("zz.made-up-{i}")).await);
+        }
+        fallback.sort();
+        assert_eq!(
+            fallback,
+            ["n1", "n2", "n3"],
+            "round robin places unknown prefixes"
+        );
+    }
+}
+
+#[test]
+fn a_bad_redis_url_is_a_check_error_with_its_key_path() {
+    let servers = ["127.0.0.1:9".parse().unwrap()];
+    let (code, out) = check_config(&store_config(&servers, "redis://127.0.0.1:notaport/0"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("upstream.app.sticky.store: invalid Redis URL"),
+        "{out}"
+    );
+    let (code, out) = check_config(&store_config(&servers, "redis://127.0.0.1:6379/0"));
+    assert_eq!(code, 0, "{out}");
+}
+
+// ---- an Engine.IO session whose requests alternate between instances ---------------------------------------
+
+/// Raw Engine.IO v4 polling requests sent in turn over one keep-alive connection to each instance.
+struct Alt {
+    conns: Vec<Conn>,
+    next: usize,
+    /// Requests sent to each instance.
+    sent: Vec<usize>,
+}
+
+impl Alt {
+    async fn new(to: &[SocketAddr]) -> Alt {
+        let mut conns = Vec::new();
+        for addr in to {
+            conns.push(Conn::open(*addr, [127, 0, 0, 1]).await);
+        }
+        Alt {
+            sent: vec![0; conns.len()],
+            conns,
+            next: 0,
+        }
+    }
+
+    async fn send(&mut self, method: &str, target: &str, body: &str) -> Reply {
+        let i = self.next % self.conns.len();
+        self.next += 1;
+        self.sent[i] += 1;
+        self.conns[i].send(method, target, "", body).await
+    }
+
+    /// Opens a session on the next instance (the first: A).
+    async fn handshake(&mut self) -> String {
+        let r = self.send("GET", POLL, "").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let packet = r.body.strip_prefix('0').expect("open packet");
+        json(packet)["sid"].as_str().expect("sid").to_string()
+    }
+
+    async fn post(&mut self, sid: &str, packet: &str) {
+        let r = self.send("POST", &poll_path(sid), packet).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "ok"),
+            "POST {packet}: {r:?}"
+        );
+    }
+
+    /// Polls until a packet starting with `prefix` arrives (answering pings); returns the rest of it.
+    async fn read_packet(&mut self, sid: &str, prefix: &str) -> String {
+        for _ in 0..4 {
+            let r = self.send("GET", &poll_path(sid), "").await;
+            assert_eq!(r.status, 200, "GET for {sid}: {r:?}");
+            let mut found = None;
+            for p in r.body.split('\x1e') {
+                if p == "2" {
+                    self.post(sid, "3").await;
+                } else if let Some(rest) = p.strip_prefix(prefix).filter(|_| found.is_none()) {
+                    found = Some(rest.to_string());
+                }
+            }
+            if let Some(rest) = found {
+                return rest;
+            }
+        }
+        panic!("no {prefix} packet for {sid}");
+    }
+
+    async fn connect_ns(&mut self, sid: &str) {
+        self.post(sid, "40").await;
+        self.read_packet(sid, "40").await;
+    }
+
+    /// One acknowledged whoami (ack id `n`): the node that answered.
+    async fn whoami(&mut self, sid: &str, n: u32) -> String {
+        self.post(sid, &format!("42{n}[\"whoami\"]")).await;
+        eio::ack_node(&self.read_packet(sid, &format!("43{n}")).await, sid)
+    }
+}
+
+// ---- an L4 balancer ---------------------------------------------------------------------------------------
+
+/// A TCP forwarder that sends each new connection to the next target in turn (a DNS/NLB-style spread).
+struct Forwarder {
+    addr: SocketAddr,
+    counts: Arc<Vec<AtomicUsize>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    async fn start(targets: Vec<SocketAddr>) -> Forwarder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts: Arc<Vec<AtomicUsize>> =
+            Arc::new(targets.iter().map(|_| AtomicUsize::new(0)).collect());
+        let seen = counts.clone();
+        let accept = tokio::spawn(async move {
+            let mut next = 0;
+            while let Ok((mut client, _)) = listener.accept().await {
+                let i = next % targets.len();
+                next += 1;
+                seen[i].fetch_add(1, Ordering::Relaxed);
+                let target = targets[i];
+                tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Forwarder {
+            addr,
+            counts,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Connections sent to each target so far.
+    fn connections(&self) -> Vec<usize> {
+        self.counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+// ---- redis-server -----------------------------------------------------------------------------------------
+
+/// A throwaway `redis-server` on a free loopback port, without persistence; killed on drop.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// Starts one on a port that was free a moment ago, trying another if it was taken meanwhile.
+    fn start() -> Redis {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut redis = Redis { port, child: None };
+            if redis.spawn() {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    /// Starts redis-server on `self.port` and waits (10 s at most) until it answers PING.
+    fn spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server (Debian package redis-server)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if self.ping() {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the server (SIGKILL): an outage, not a shutdown.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    fn restart(&mut self) {
+        self.stop();
+        assert!(
+            self.spawn(),
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+
+    /// `GET key`.
+    async fn get(&self, key: &str) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let cmd = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
+        s.write_all(cmd.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        let read = async {
+            loop {
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "Redis closed");
+                reply.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&reply).into_owned();
+                if text == "$-1\r\n" {
+                    return None;
+                }
+                let (len, rest) = text.strip_prefix('$')?.split_once("\r\n")?;
+                let len: usize = len.parse().unwrap();
+                if rest.len() >= len + 2 {
+                    return Some(rest[..len].to_string());
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, read)
+            .await
+            .expect("Redis answers GET")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---- configs, clients, metrics ----------------------------------------------------------------------------
+
+fn sid_config(servers: &[SocketAddr], sticky: &str) -> String {
+    simple_config(
+        "sid",
+        servers,
+        "",
+        &format!("[upstream.app.sticky]\nfallback = \"round_robin\"\n{sticky}\n"),
+    )
+}
+
+fn store_config(servers: &[SocketAddr], url: &str) -> String {
+    sid_config(
+        servers,
+        &format!("store = \"{url}\"\nkey_prefix = \"{KEY_PREFIX}\""),
+    )
+}
+
+/// A sid config whose servers carry a `route`.
+fn route_config(servers: &[(SocketAddr, String)], sticky: &str) -> String {
+    let mut s = sid_config(&[], sticky);
+    for (addr, route) in servers {
+        s.push_str(&format!(
+            "\n[[upstream.app.server]]\naddr = \"{addr}\"\nroute = \"{route}\"\n"
+        ));
+    }
+    s
+}
+
+/// Runs client.js against `url` to its end.
+async fn clients(url: &str, args: &str) -> Value {
+    let url = url.to_string();
+    let args = format!("{args} --timeout {RUN_TIMEOUT}");
+    tokio::task::spawn_blocking(move || {
+        SioClient::run(&url, &args.split_whitespace().collect::<Vec<_>>())
+    })
+    .await
+    .expect("client.js")
+}
+
+/// Every client connected, every emit acknowledged, no error, no client answered by two nodes.
+fn assert_clean(r: &Value, clients: u64, emits: u64) {
+    assert_eq!(r["connected"], clients, "{r}");
+    assert_eq!(r["emits_ok"], clients * emits, "{r}");
+    for zero in [
+        "connect_errors",
+        "emit_errors",
+        "disconnects",
+        "node_changes",
+        "sid_changes",
+        "unfinished",
+    ] {
+        assert_eq!(r[zero], 0, "{zero}: {r}");
+    }
+    assert_eq!(r["timed_out"], false, "{r}");
+    assert_eq!(r["errors"].as_array().map(Vec::len), Some(0), "{r}");
+}
+
+async fn metrics(limpet: &Limpet) -> String {
+    get(limpet.admin.expect("admin listener"), "/metrics")
+        .await
+        .text()
+}
+
+/// `limpet_sticky_lookups_total` with this result.
+fn lookups(metrics: &str, result: &str) -> f64 {
+    metric(
+        metrics,
+        "limpet_sticky_lookups_total",
+        &[("result", result)],
+    )
+}
+
+/// Sum of the samples of `name` whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            let wanted = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            wanted.then_some(value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
