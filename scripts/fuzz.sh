@@ -18,9 +18,11 @@ if ! cargo afl --version >/dev/null 2>&1; then
   echo "==> cargo install cargo-afl (builds AFL++)"
   cargo install cargo-afl --version 0.18.2 --locked
 fi
-if ! cargo afl fuzz -h 2>&1 | grep -q afl-fuzz; then
-  cargo afl config --build
-fi
+afl_help=$(cargo afl fuzz -h 2>&1 || true)
+case "$afl_help" in
+  *afl-fuzz*) ;;
+  *) cargo afl config --build ;;
+esac
 
 echo "==> cargo afl build --release (fuzz/)"
 cargo afl build --release --quiet
@@ -42,6 +44,7 @@ for t in "${targets[@]}"; do
   fi
   out="out/$t"
   rm -rf "$out"
+  mkdir -p out
   echo "==> fuzz $t for ${secs}s"
   "${runner[@]}" cargo afl fuzz -V "$secs" -i "seeds/$t" -o "$out" "target/release/$t" >"$out.log" 2>&1 || {
     echo "afl-fuzz failed for $t:"; tail -20 "$out.log"; failed=1; continue;

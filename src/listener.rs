@@ -367,7 +367,7 @@ impl ConnPhase {
     /// The counts of request number `n`'s head, when IdleIo saw all of it.
     fn head_counts(&self, n: u64) -> Option<HeadCounts> {
         let packed = self.head.load(Relaxed);
-        (packed >> 24 == n).then(|| HeadCounts {
+        (packed >> 24 == n).then_some(HeadCounts {
             content_length: packed as u8,
             transfer_encoding: (packed >> 8) as u8,
             padded_coding: packed & 1 << 16 != 0,
@@ -420,6 +420,15 @@ struct IdleIo {
     write_waiting: bool,
     sleep: Pin<Box<Sleep>>,
     armed: Instant,
+}
+
+/// Takes a client connection back from hyper once it has upgraded: the stream and the bytes hyper had read past
+/// the request head. A tunnel keeps its own idle timeout, so the connection's deadlines are left behind.
+pub fn take_upgraded(
+    up: hyper::upgrade::Upgraded,
+) -> Result<(ClientStream, bytes::Bytes), hyper::upgrade::Upgraded> {
+    up.downcast::<TokioIo<IdleIo>>()
+        .map(|parts| (parts.io.into_inner().inner, parts.read_buf))
 }
 
 impl IdleIo {

@@ -217,7 +217,7 @@ impl Carry {
                 Some(store)
             }
             Err(e) => {
-                tracing::error!(upstream = %name, error = %e, "session store disabled: routing with the local table only");
+                tracing::error!(upstream = %name, error = %e, "session store disabled: local table only");
                 stores.remove(name);
                 None
             }

@@ -1,6 +1,10 @@
 //! A bounded connection flood: 5,000 connections opened and held for 10 s. A normal request succeeds during
-//! and after, every held connection is counted, and the memory they took is given back to limpet's allocator:
-//! a second flood reuses it instead of adding to it.
+//! and after, every held connection is counted, each costs limpet a bounded amount of memory, and what they
+//! took is given back to its allocator: later floods reuse it instead of adding to it.
+//!
+//! With the system allocator (glibc malloc) the resident size does not fall back to its start when the flood
+//! closes: freed memory stays in malloc's arenas (measured: 15 MiB at start, ~120 MiB with 5,000 connections,
+//! ~120 MiB after they close). What is asserted is that the memory is reused, which a leak would not allow.
 
 mod support;
 
@@ -12,9 +16,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const FLOOD: usize = 5_000;
-/// Slack on memory comparisons: allocator and runtime bookkeeping, not per-connection state (5,000 leaked
-/// connections would be ~100 MiB).
-const SLACK_KIB: u64 = 30 * 1024;
+/// Most memory one held connection may cost (measured: about 21 KiB, hyper's 8 KiB read buffer included).
+const PER_CONNECTION_KIB: u64 = 64;
 
 /// Sum of a gauge over its labels, from the admin /metrics.
 async fn gauge(limpet: &Limpet, name: &str) -> i64 {
@@ -79,36 +82,28 @@ async fn five_thousand_held_connections_leave_service_and_memory_intact() {
     drop(held);
     wait_clients(&limpet, "flood connections gone", |n| n == 0).await;
     assert_eq!(get(addr, "/after").await.status, 200);
-    let after_kib = limpet.rss_kib();
+    let first_kib = peak_kib.saturating_sub(start_kib);
+    assert!(
+        first_kib <= FLOOD as u64 * PER_CONNECTION_KIB,
+        "{FLOOD} connections took {first_kib} KiB"
+    );
 
-    for round in 0..4 {
+    // Two more floods, opened and closed: the memory the first took is reused. Malloc's per-thread arenas may
+    // need one more round to hold it all; a leak would add the first flood's whole amount every round.
+    let mut peaks = vec![peak_kib];
+    for round in 2..=3 {
         let held = flood(addr).await;
-        wait_clients(&limpet, "x", |n| n >= FLOOD as i64).await;
-        let p = limpet.rss_kib();
+        wait_clients(&limpet, "next flood held", |n| n >= FLOOD as i64).await;
+        peaks.push(limpet.rss_kib());
         drop(held);
-        wait_clients(&limpet, "y", |n| n == 0).await;
-        eprintln!("EXP round {round}: peak {p} closed {}", limpet.rss_kib());
+        wait_clients(&limpet, "next flood gone", |n| n == 0).await;
+        assert_eq!(get(addr, &format!("/after/{round}")).await.status, 200);
     }
-    // A second flood runs in the memory the first one gave back.
-    let held = flood(addr).await;
-    wait_clients(&limpet, "second flood held", |n| n >= FLOOD as i64).await;
-    let second_peak_kib = limpet.rss_kib();
-    drop(held);
-    wait_clients(&limpet, "second flood gone", |n| n == 0).await;
-    assert_eq!(get(addr, "/after-second").await.status, 200);
     let end_kib = limpet.rss_kib();
-    eprintln!(
-        "limpet RSS KiB: start {start_kib}, {FLOOD} held {peak_kib}, closed {after_kib}, \
-         again {second_peak_kib}, closed {end_kib}"
-    );
-    assert!(peak_kib > start_kib, "the flood was not held");
+    eprintln!("limpet RSS KiB: start {start_kib}, flood peaks {peaks:?}, end {end_kib}");
     assert!(
-        second_peak_kib <= peak_kib + SLACK_KIB,
-        "memory grew across floods: {peak_kib} KiB then {second_peak_kib} KiB"
+        peaks[2].saturating_sub(peaks[1]) <= first_kib / 2,
+        "memory keeps growing flood after flood: {peaks:?} KiB (start {start_kib} KiB)"
     );
-    assert!(
-        end_kib <= peak_kib + SLACK_KIB,
-        "memory kept growing: {end_kib} KiB"
-    );
-    assert_eq!(backend.hits(), 5, "no flood head reached the backend");
+    assert_eq!(backend.hits(), 6, "no flood head reached the backend");
 }

@@ -25,6 +25,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Bound on one client.js run, in ms.
 const RUN_TIMEOUT: &str = "60000";
 const KEY_PREFIX: &str = "limpet:sid:";
+const SESSION_UNKNOWN: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_alternating_between_two_instances_stays_on_its_node() {
@@ -114,6 +115,14 @@ async fn socket_io_clients_behind_an_l4_round_robin_over_two_instances() {
             "{m}"
         );
     }
+
+    // Two instances that share nothing, behind the same spread: clients fail.
+    let config = sid_config(&fleet.addrs(), "");
+    let (a, b) = (Limpet::start(&config), Limpet::start(&config));
+    let l4 = Forwarder::start(vec![a.addr(), b.addr()]).await;
+    let r = clients(&l4.url(), "--clients 10 --emits 5 --transports polling").await;
+    let failed = r["connect_errors"].as_u64().unwrap() + r["emit_errors"].as_u64().unwrap();
+    assert!(failed > 0, "without a shared store, sessions break: {r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +184,7 @@ async fn with_redis_stopped_known_sessions_keep_routing_and_new_ones_still_open(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_instance_routes_known_sessions_from_redis_on_their_first_request() {
     let redis = Redis::start();
-    let fleet = NodeFleet::start(3, &[]);
+    let mut fleet = NodeFleet::start(3, &[]);
     let config = store_config(&fleet.addrs(), &redis.url());
     let a = Limpet::start(&config);
     let b = Limpet::start(&config);
@@ -204,6 +213,30 @@ async fn a_restarted_instance_routes_known_sessions_from_redis_on_their_first_re
     assert_eq!(lookups(&m, "miss"), 0.0, "{m}");
     assert_eq!(metric(&m, "limpet_sticky_learned_total", &[]), 0.0, "{m}");
     assert!(lookups(&m, "hit") >= sessions.len() as f64, "{m}");
+
+    // A's round robin put the first and the fourth session on one node. With that node gone, a third instance
+    // that never saw them answers both itself: the first when its connect fails (which marks the node down),
+    // the other from Redis straight away.
+    assert_eq!(sessions[0].1, sessions[3].1, "{sessions:?}");
+    let victim = fleet
+        .nodes
+        .iter()
+        .position(|n| n.id == sessions[0].1)
+        .unwrap();
+    fleet.nodes[victim].kill();
+    let c = Limpet::start(&config);
+    for (sid, _) in [&sessions[0], &sessions[3]] {
+        let r = Conn::open(c.addr(), [127, 0, 0, 1])
+            .await
+            .send("POST", &poll_path(sid), "", "3")
+            .await;
+        assert_eq!((r.status, r.body.as_str()), (400, SESSION_UNKNOWN), "{r:?}");
+    }
+    assert_eq!(lookups(&metrics(&c).await, "dead"), 1.0);
+    let mut conn = Conn::open(c.addr(), [127, 0, 0, 1]).await;
+    for (sid, node) in &sessions[1..3] {
+        assert_eq!(&eio::whoami(&mut conn, sid, 3).await, node, "{sid} on C");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,6 +286,53 @@ async fn sid_prefix_routes_across_two_instances_with_no_store() {
             "round robin places unknown prefixes"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_new_session_ttl_and_key_prefix_to_the_store() {
+    let redis = Redis::start();
+    let fleet = NodeFleet::start(1, &[]);
+    let settings = |prefix: &str, ttl: &str| {
+        let sticky = format!(
+            "store = \"{}\"\nkey_prefix = \"{prefix}\"\nsession_ttl = \"{ttl}\"",
+            redis.url()
+        );
+        sid_config(&fleet.addrs(), &sticky)
+    };
+    let limpet = Limpet::start(&settings("one:", "90s"));
+    let mut conn = Conn::open(limpet.addr(), [127, 0, 0, 1]).await;
+    let first = eio::open(&mut conn).await;
+    let ttl = redis.ttl(&format!("one:{first}")).await;
+    assert!((31..=90).contains(&ttl), "written with session_ttl: {ttl}");
+
+    let reloads = |n: usize| {
+        let logs = limpet.logs();
+        async move {
+            (logs
+                .iter()
+                .filter(|l| l.contains("config reloaded"))
+                .count()
+                >= n)
+                .then_some(())
+        }
+    };
+    for (n, prefix, ttl_limit) in [(1, "one:", 30), (2, "two:", 30)] {
+        limpet.write_config(&settings(prefix, "30s"));
+        limpet.signal("HUP");
+        eventually(WAIT, "the reload", || reloads(n)).await;
+        let sid = eio::open(&mut conn).await;
+        let ttl = redis.ttl(&format!("{prefix}{sid}")).await;
+        assert!(
+            (1..=ttl_limit).contains(&ttl),
+            "reload {n}: {prefix}{sid} expires in {ttl}"
+        );
+    }
+    let m = metrics(&limpet).await;
+    assert_eq!(
+        metric(&m, "limpet_sticky_store_errors_total", &[]),
+        0.0,
+        "{m}"
+    );
 }
 
 #[test]
@@ -488,8 +568,22 @@ impl Redis {
 
     /// `GET key`.
     async fn get(&self, key: &str) -> Option<String> {
+        self.query(&["GET", key]).await
+    }
+
+    /// `TTL key`, in seconds.
+    async fn ttl(&self, key: &str) -> i64 {
+        let ttl = self.query(&["TTL", key]).await.expect("an integer");
+        ttl.parse().unwrap()
+    }
+
+    /// One command: a bulk string or integer reply as text, None for nil.
+    async fn query(&self, args: &[&str]) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
-        let cmd = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
+        let mut cmd = format!("*{}\r\n", args.len());
+        for a in args {
+            cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
         s.write_all(cmd.as_bytes()).await.unwrap();
         let mut reply = Vec::new();
         let read = async {
@@ -502,16 +596,24 @@ impl Redis {
                 if text == "$-1\r\n" {
                     return None;
                 }
-                let (len, rest) = text.strip_prefix('$')?.split_once("\r\n")?;
-                let len: usize = len.parse().unwrap();
-                if rest.len() >= len + 2 {
-                    return Some(rest[..len].to_string());
+                if let Some(int) = text.strip_prefix(':') {
+                    match int.strip_suffix("\r\n") {
+                        Some(int) => return Some(int.to_string()),
+                        None => continue,
+                    }
+                }
+                assert!(text.starts_with('$'), "unexpected reply {text:?}");
+                if let Some((len, rest)) = text[1..].split_once("\r\n") {
+                    let len: usize = len.parse().unwrap();
+                    if rest.len() >= len + 2 {
+                        return Some(rest[..len].to_string());
+                    }
                 }
             }
         };
         tokio::time::timeout(WAIT, read)
             .await
-            .expect("Redis answers GET")
+            .expect("Redis answers")
     }
 }
 

@@ -48,10 +48,10 @@ impl BodyError {
 }
 
 /// A deadline that moves with progress without touching the timer on every read: progress only records its
-/// time, and the timer is re-armed when it fires early.
+/// time, and the timer is re-armed when it fires early. The clock starts at the first wait.
 struct Idle {
     after: Duration,
-    last: Instant,
+    last: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
@@ -59,24 +59,25 @@ impl Idle {
     fn new(after: Duration) -> Idle {
         Idle {
             after,
-            last: Instant::now(),
+            last: None,
             sleep: None,
         }
     }
 
     fn progress(&mut self) {
-        self.last = Instant::now();
+        self.last = Some(Instant::now());
     }
 
-    /// Ready once `after` has passed since the last progress.
+    /// Ready once `after` has passed since the last progress (or the first wait).
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let deadline = self.last + self.after;
+        let last = *self.last.get_or_insert_with(Instant::now);
+        let deadline = last + self.after;
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         loop {
             ready!(sleep.as_mut().poll(cx));
-            let deadline = self.last + self.after;
+            let deadline = self.last.unwrap_or(last) + self.after;
             if Instant::now() >= deadline {
                 return Poll::Ready(());
             }

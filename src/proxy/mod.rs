@@ -323,14 +323,15 @@ fn switch_protocols(
     *client_resp.headers_mut() = h;
     let idle = route.location.read_timeout;
     let hold = client.hold.clone();
-    let tunnel = tunnel::run(upgrade.client, upstream_upgrade, idle, lease.in_flight);
+    let (client_upgrade, in_flight) = (upgrade.client, lease.in_flight);
     let ended = ctx.log_tunnels.then(|| {
         let (ended, carried) = tokio::sync::oneshot::channel();
         out.tunnel = Some(carried);
         ended
     });
     hold.tracker.clone().spawn(async move {
-        let carried = tunnel.await;
+        // Made here rather than captured, so the task holds one copy of the tunnel's future, not two.
+        let carried = tunnel::run(client_upgrade, upstream_upgrade, idle, in_flight).await;
         if let Some(ended) = ended {
             let _ = ended.send(carried);
         }

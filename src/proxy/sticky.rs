@@ -102,13 +102,8 @@ fn local_plan(
         return decided(miss(upstream, out));
     };
     let now = now_ms();
-    if upstream.config.sticky.sid_prefix {
-        if let Some(index) = sid
-            .split_once('.')
-            .and_then(|(route, _)| upstream.index_of_route(route))
-        {
-            return fixed_or_dead(upstream, index, now, upgrade, out).map(Local::Decided);
-        }
+    if let Some(index) = prefix_route(upstream, &sid) {
+        return fixed_or_dead(upstream, index, now, upgrade, out).map(Local::Decided);
     }
     let Some(id) = table.lookup(&sid) else {
         return Ok(Local::Unknown(sid.into_owned()));
@@ -149,6 +144,15 @@ async fn shared_plan(
         // Learned by another instance for a server that is down or not in this config: the session is lost.
         _ => Err(dead(upstream, upgrade, out)),
     }
+}
+
+/// With `sticky.sid_prefix`, the server a sid names by its `route` + `.` prefix.
+fn prefix_route(upstream: &Upstream, sid: &str) -> Option<usize> {
+    if !upstream.config.sticky.sid_prefix {
+        return None;
+    }
+    let (route, _) = sid.split_once('.')?;
+    upstream.index_of_route(route)
 }
 
 fn hit(upstream: &Upstream, index: usize, out: &mut Outcome) -> Plan {
@@ -244,7 +248,11 @@ pub async fn learn(
     {
         table.learn(&sid, peer.state.id);
         peer.state.metrics.sticky_learned.inc();
-        if let Some(store) = &upstream.store {
+        if let Some(store) = upstream
+            .store
+            .as_ref()
+            .filter(|_| prefix_route(upstream, &sid).is_none())
+        {
             // Before the client has its sid, so any instance can route its next request. A failed write is
             // counted by the store; the session then lives in this instance's table only.
             store.put(&sid, &peer.spec.name).await;

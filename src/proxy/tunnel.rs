@@ -88,9 +88,7 @@ enum Pair {
 /// Takes both streams back from hyper, with the bytes it had read ahead queued for the other side. Its read
 /// buffers are released: even empty, those `Bytes` hold a whole buffer each.
 fn take_back(client: Upgraded, upstream: Upgraded) -> Pair {
-    let client = client
-        .downcast::<TokioIo<ClientStream>>()
-        .map(|parts| (parts.io.into_inner(), parts.read_buf));
+    let client = crate::listener::take_upgraded(client);
     let upstream = upstream
         .downcast::<TokioIo<TcpStream>>()
         .map(|parts| (parts.io.into_inner(), parts.read_buf));

@@ -17,6 +17,8 @@ use crate::metrics::metrics;
 
 /// The longest a request waits on Redis: a handshake for its write, a local miss for its read.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long the first connection may take, at start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Writes queued before new ones are dropped (counted as errors).
 const QUEUE: usize = 16 * 1024;
 /// Most commands in one pipeline.
@@ -35,6 +37,7 @@ struct Write {
 
 /// A Redis-backed view of one upstream's sessions.
 pub struct SessionStore {
+    upstream: String,
     conn: ConnectionManager,
     prefix: String,
     ttl_secs: AtomicU64,
@@ -67,6 +70,7 @@ impl SessionStore {
             .map_err(|e| format!("cannot set up Redis {url:?}: {e}"))?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let store = Arc::new(SessionStore {
+            upstream: upstream.to_string(),
             conn: conn.clone(),
             prefix: prefix.to_string(),
             ttl_secs: AtomicU64::new(ttl.as_secs().max(1)),
@@ -157,7 +161,7 @@ impl SessionStore {
 
     fn succeeded(&self) {
         if self.failing.swap(false, Relaxed) {
-            info!("session store reachable again");
+            info!(upstream = %self.upstream, "session store reachable again");
         }
     }
 
@@ -173,17 +177,28 @@ impl SessionStore {
                 .compare_exchange(quiet_until, now + LOG_EVERY_MS, Relaxed, Relaxed)
                 .is_ok()
         {
-            warn!(error = %why, "session store unavailable: routing with the local table only");
+            let upstream = &self.upstream;
+            warn!(%upstream, error = %why, "session store unavailable: routing with the local table only");
         }
     }
 }
 
-/// Sends queued writes to Redis in pipelines; acknowledges each `put` with whether its pipeline succeeded.
+/// Connects (so the first handshake does not pay for it), then sends queued writes to Redis in pipelines and
+/// acknowledges each `put` with whether its pipeline succeeded.
 async fn write_batches(
     mut rx: mpsc::Receiver<Write>,
     mut conn: ConnectionManager,
     store: std::sync::Weak<SessionStore>,
 ) {
+    let ping = redis::cmd("PING");
+    let ping = tokio::time::timeout(CONNECT_TIMEOUT, ping.query_async::<()>(&mut conn)).await;
+    if let Some(store) = store.upgrade() {
+        match ping {
+            Ok(Ok(())) => info!(upstream = %store.upstream, "session store connected"),
+            Ok(Err(e)) => store.failed(&e.to_string()),
+            Err(_) => store.failed("connect timed out"),
+        }
+    }
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let Some(store) = store.upgrade() else { return };

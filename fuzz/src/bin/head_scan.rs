@@ -7,7 +7,9 @@ fn main() {
         let mut whole = HeadScan::default();
         let once = whole.feed(data);
         let mut parts = HeadScan::default();
-        let twice = parts.feed(&data[..split]).or_else(|| parts.feed(&data[split..]));
+        let twice = parts
+            .feed(&data[..split])
+            .or_else(|| parts.feed(&data[split..]));
         assert_eq!(once, twice);
     });
 }

@@ -2,7 +2,11 @@
 fn main() {
     afl::fuzz!(|data: &[u8]| {
         if let Ok(Some((_, used))) = limpet::proxy_protocol::parse(data) {
-            assert!(used > 0 && used <= data.len(), "used {used} of {}", data.len());
+            assert!(
+                used > 0 && used <= data.len(),
+                "used {used} of {}",
+                data.len()
+            );
         }
     });
 }
