@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use limpet::app::App;
+
+/// jemalloc, with background purging (see .cargo/config.toml): memory freed by closed connections goes back to
+/// the system, where glibc's malloc keeps it in its arenas.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use limpet::config;
 
 /// A sticky-session HTTP/1.1 and WebSocket reverse proxy for Socket.IO fleets.

@@ -77,7 +77,11 @@ async fn malformed_heads_are_refused_closed_and_never_reach_the_backend() {
         assert!(closed, "{what}: connection left open after {status}");
     }
     // A valid request afterwards shows the backend was reachable all along.
-    let (status, _, _) = send(&limpet, &h("GET /after HTTP/1.1\nHost: a\nConnection: close\n\n")).await;
+    let (status, _, _) = send(
+        &limpet,
+        &h("GET /after HTTP/1.1\nHost: a\nConnection: close\n\n"),
+    )
+    .await;
     assert_eq!(status, 200);
     let seen = backend.text();
     assert!(

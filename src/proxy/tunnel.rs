@@ -38,40 +38,36 @@ pub struct Carried {
 }
 
 /// Joins both upgrades and relays until the tunnel ends. `in_flight` keeps the server counted meanwhile.
-pub fn run(
+///
+/// An idle tunnel is mostly this future, so it is kept small: the relay is built before it is awaited (nothing
+/// else is held across the tunnel's life) and a rare pairing's relay is boxed.
+pub async fn run(
     client: OnUpgrade,
     upstream: OnUpgrade,
     idle: Duration,
     in_flight: InFlight,
-) -> impl Future<Output = Carried> {
-    // Async blocks rather than async fns keep the future (what an idle tunnel mostly is) small.
-    async move {
-        let metrics = &in_flight.state().metrics;
-        metrics.tunnels_total.inc();
-        metrics.tunnels_active.inc();
-        // Built before it is awaited, so nothing else is held across the tunnel's life.
-        let tunnel = match join(client, upstream).await {
-            Ok(Pair::Plain(a, b)) => Some(Either::Left(relay(a, b, idle))),
-            // Boxed, so this rare pairing does not size every tunnel's future.
-            Ok(Pair::Boxed(a, b)) => Some(Either::Right(Box::pin(relay(a, b, idle)))),
-            Err(e) => {
-                debug!(error = %e, "upgrade failed");
-                None
-            }
-        };
-        let carried = OptionFuture::from(tunnel).await.unwrap_or_default();
-        metrics.tunnels_active.dec();
-        carried
-    }
+) -> Carried {
+    let metrics = &in_flight.state().metrics;
+    metrics.tunnels_total.inc();
+    metrics.tunnels_active.inc();
+    let tunnel = match join(client, upstream).await {
+        Ok(Pair::Plain(a, b)) => Some(Either::Left(relay(a, b, idle))),
+        Ok(Pair::Boxed(a, b)) => Some(Either::Right(Box::pin(relay(a, b, idle)))),
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            None
+        }
+    };
+    let carried = OptionFuture::from(tunnel).await.unwrap_or_default();
+    metrics.tunnels_active.dec();
+    carried
 }
 
 /// Waits for both upgrades (the client's is ready once its 101 is written) and takes both streams back.
-fn join(client: OnUpgrade, upstream: OnUpgrade) -> impl Future<Output = hyper::Result<Pair>> {
-    async move {
-        let client = client.await?;
-        let upstream = upstream.await?;
-        Ok(take_back(client, upstream))
-    }
+async fn join(client: OnUpgrade, upstream: OnUpgrade) -> hyper::Result<Pair> {
+    let client = client.await?;
+    let upstream = upstream.await?;
+    Ok(take_back(client, upstream))
 }
 
 /// Any stream the relay can carry, for the uncommon pairings (a TLS upstream, a stream hyper kept wrapped).
@@ -149,12 +145,13 @@ impl<S: Stream> Side<S> {
 
 /// Relays between the client's side `a` and the server's side `b` until both directions closed, an error, or
 /// `idle` without a byte moving either way; then closes both.
+// An async block rather than an async fn: it works on the sides in place instead of holding a second copy.
+#[allow(clippy::manual_async_fn)]
 fn relay<A: Stream, B: Stream>(
     mut a: Side<A>,
     mut b: Side<B>,
     idle: Duration,
 ) -> impl Future<Output = Carried> {
-    // An async block rather than an async fn: it works on the sides in place instead of holding a second copy.
     async move {
         let mut sleep = std::pin::pin!(tokio::time::sleep(idle));
         let mut last = Instant::now();
