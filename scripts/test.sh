@@ -41,6 +41,9 @@ sed 's/chat\([123]\):3000/127.0.0.\1:3000/' config/limpet.docker.toml > "$docker
 cargo run --quiet --bin limpet -- --check -c "$docker_check"
 rm -f "$docker_check"
 
+echo "==> fuzzing (AFL++ via cargo afl; 20 s per parser)"
+./scripts/fuzz.sh "${LIMPET_FUZZ_SECONDS:-20}"
+
 echo "==> browser test (headless Chromium, three tabs on long-polling)"
 ./scripts/browser-test.sh
 
