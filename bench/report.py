@@ -27,17 +27,23 @@ ROWS = [
 
 
 def load(path):
-    """(proxy, key) -> every sample recorded for it (one per round)."""
-    samples = {}
+    """(proxy, key) -> (samples, disturbed): the clean samples (one per round) when there are any,
+    else the samples taken while other processes were busy, flagged as such."""
+    clean, noisy = {}, {}
     with open(path) as f:
         for line in f:
             parts = line.rstrip("\n").split("\t")
-            if len(parts) == 3:
-                try:
-                    samples.setdefault((parts[0], parts[1]), []).append(float(parts[2]))
-                except ValueError:
-                    pass
-    return samples
+            if len(parts) < 3:
+                continue
+            try:
+                value = float(parts[2])
+            except ValueError:
+                continue
+            target = noisy if len(parts) > 3 and parts[3] == "disturbed" else clean
+            target.setdefault((parts[0], parts[1]), []).append(value)
+    out = {k: (v, True) for k, v in noisy.items()}
+    out.update({k: (v, False) for k, v in clean.items()})
+    return out
 
 
 def median(values):
@@ -96,16 +102,19 @@ def build(args):
     for key, label, better, decimals in ROWS:
         if key.startswith("idle2") and len(idle) < 2:
             continue
-        found = {p: samples.get((p, key)) for p in proxies}
-        if not any(found.values()):
+        found = {p: samples.get((p, key), ([], False)) for p in proxies}
+        if not any(v for v, _ in found.values()):
             continue
-        values = {p: median(v) if v else None for p, v in found.items()}
+        values = {p: median(v) if v else None for p, (v, _) in found.items()}
         row = [label.format(**names) + (" (higher is better)" if better == "higher" and not label.startswith(" ") else "")]
         for p in proxies:
+            runs, disturbed = found[p]
             cell = fmt(values[p], decimals)
-            s = spread(found[p]) if found[p] else None
+            s = spread(runs) if runs else None
             if s is not None:
                 cell += f" ±{s:.0f}%"
+            if disturbed:
+                cell += " (!)"
             row.append(cell)
         base = values.get("nginx")
         for p in ratio_cols:
@@ -160,6 +169,8 @@ def main():
     if args.runs != "1":
         setup.append(f"Median of {args.runs} interleaved rounds, ± half their range.")
     setup.append("Proxy CPU = utime+stime from /proc/PID/stat over the run / requests (or messages).")
+    setup.append("Runs during which other processes took over 15% of a core are left out when a clean run of the"
+                 " same figure exists; (!) marks a figure that had none.")
     setup.append(f"Open-file limit {args.nofile} per process (a tunnel takes two).")
     setup = " ".join(setup)
     if versions:

@@ -124,8 +124,8 @@ note() {
 # Figures go to $PENDING first and reach $RESULTS only once their run is accepted (see measured).
 PENDING=$WORK/pending.tsv
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$PENDING"; }
-commit() {
-    cat "$PENDING" >>"$RESULTS"
+commit() { # commit [FLAG]: FLAG (e.g. "disturbed") is added to each figure's line
+    awk -v flag="${1:-}" '{ print flag == "" ? $0 : $0 "\t" flag }' "$PENDING" >>"$RESULTS"
     : >"$PENDING"
 }
 calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
@@ -203,11 +203,12 @@ own_ticks() {
 
 # measured PROXY LABEL CMD...: run CMD (which records figures) until no other process disturbed it.
 measured() {
-    local proxy=$1 label=$2 try m0 o0 w0 m1 o1 w1 foreign
+    local proxy=$1 label=$2 try m0 o0 w0 m1 o1 w1 foreign flag
     shift 2
     for ((try = 1; try <= MAX_TRIES; try++)); do
         wait_quiet || true
         : >"$PENDING"
+        flag=
         m0=$(machine_ticks) o0=$(own_ticks) w0=$EPOCHREALTIME
         "$@"
         m1=$(machine_ticks) o1=$(own_ticks) w1=$EPOCHREALTIME
@@ -218,11 +219,12 @@ measured() {
         if ((try < MAX_TRIES && QUIET_BUDGET > 0)); then
             say "bench: $proxy $label: other processes used ${foreign}% of a core during the run; running it again"
         else
-            note "$proxy $label (round $ROUND): other processes used ${foreign}% of a core during the run (try $try); kept, unreliable"
+            note "$proxy $label (round $ROUND): other processes used ${foreign}% of a core during the run (try $try)"
+            flag=disturbed
             break
         fi
     done
-    commit
+    commit "$flag"
 }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
