@@ -48,4 +48,14 @@ echo "==> browser test (headless Chromium, three tabs on long-polling)"
 ./scripts/browser-test.sh
 
 echo "==> cargo test"
-cargo test --all-targets -- --test-threads="${LIMPET_TEST_THREADS:-2}"
+log=$(mktemp)
+set +e
+cargo test --all-targets -- --test-threads="${LIMPET_TEST_THREADS:-2}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$log")
+failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$log")
+rm -f "$log"
+echo
+echo "tests: ${passed} passed, ${failed} failed"
+exit "$status"
