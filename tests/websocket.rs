@@ -177,20 +177,6 @@ Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Extensions: permessage-
 // ---------------------------------------------------------------------------------------------------------------
 // Refused and invalid upgrades: no tunnel, and the client connection stays HTTP.
 
-/// Sends an upgrade request and, in the same write, a second request on one connection; returns both answers.
-async fn upgrade_then_second_request(limpet: &Limpet, second: &str) -> (String, String) {
-    let mut s = TcpStream::connect(limpet.addr()).await.unwrap();
-    let both = format!("{}{second}", upgrade_request("/ws/refused", ""));
-    s.write_all(both.as_bytes()).await.unwrap();
-    let first = read_response(&mut s, WAIT)
-        .await
-        .expect("answer to the upgrade");
-    let second = read_response(&mut s, WAIT)
-        .await
-        .expect("answer to the second request on the same connection");
-    (first, second)
-}
-
 const SMUGGLED: &str = "GET /ws/internal HTTP/1.1\r\nHost: internal.test\r\n\r\n";
 
 /// The second request reached the backend as a request limpet parsed and forwarded (its own head, with
@@ -215,54 +201,70 @@ fn assert_forwarded_as_http(received: &str) {
     assert!(!head.contains("upgrade"), "{head}");
 }
 
+/// Offers an upgrade that the backend answers with `reply` (no 101), then sends a second request on the same
+/// connection: in the same write as the upgrade, then (on a new limpet) only after the answer arrived. Both are
+/// answered as HTTP requests, and the backend gets the second one as limpet's request on a fresh connection.
+async fn refused_upgrade_then_request(reply: &[u8], status: u16) {
+    for pipelined in [true, false] {
+        let backend = RawBackend::start(RawReply::AfterHead(reply.to_vec())).await;
+        let (limpet, _plain) = start(backend.addr).await;
+        let mut s = TcpStream::connect(limpet.addr()).await.unwrap();
+        let mut bytes = upgrade_request("/ws/refused", "");
+        if pipelined {
+            bytes.push_str(SMUGGLED);
+        }
+        s.write_all(bytes.as_bytes()).await.unwrap();
+        let first = read_response(&mut s, WAIT)
+            .await
+            .expect("answer to the upgrade");
+        assert_eq!(status_of(&first), status, "pipelined={pipelined}: {first}");
+        if !pipelined {
+            s.write_all(SMUGGLED.as_bytes()).await.unwrap();
+        }
+        let second = read_response(&mut s, WAIT)
+            .await
+            .expect("answer to the second request on the same connection");
+        assert_eq!(
+            status_of(&second),
+            status,
+            "pipelined={pipelined}: {second}"
+        );
+        let received = eventually(WAIT, "both requests at the backend", || {
+            let t = backend.text();
+            async move { t.contains("/ws/internal").then_some(t) }
+        })
+        .await;
+        assert!(
+            received.starts_with("GET /ws/refused HTTP/1.1\r\n"),
+            "{received}"
+        );
+        assert_forwarded_as_http(&received);
+        // The connection the upgrade was offered on (still open at the backend) took nothing more.
+        assert_eq!(
+            backend.connections.load(Ordering::SeqCst),
+            2,
+            "pipelined={pipelined}"
+        );
+        let first_head_len = received.find("\r\n\r\n").unwrap() + 4;
+        assert!(
+            received[first_head_len..].starts_with("GET /ws/internal"),
+            "bytes other than the second request followed the upgrade request:\n{received}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_403_refusal_keeps_the_client_connection_http() {
-    let backend = RawBackend::start(RawReply::AfterHead(
-        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\nno way".to_vec(),
-    ))
+    refused_upgrade_then_request(
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\nno way",
+        403,
+    )
     .await;
-    let (limpet, _plain) = start(backend.addr).await;
-    let (first, second) = upgrade_then_second_request(&limpet, SMUGGLED).await;
-    assert_eq!(status_of(&first), 403, "{first}");
-    assert!(first.ends_with("no way"));
-    // The second request was answered as a request of its own (by a fresh backend connection).
-    assert_eq!(status_of(&second), 403, "{second}");
-    let received = eventually(WAIT, "both requests at the backend", || {
-        let t = backend.text();
-        async move { t.contains("/ws/internal").then_some(t) }
-    })
-    .await;
-    assert!(
-        received.starts_with("GET /ws/refused HTTP/1.1\r\n"),
-        "{received}"
-    );
-    assert_forwarded_as_http(&received);
-    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_that_keeps_the_socket_open_opens_no_tunnel() {
-    let backend = RawBackend::start(RawReply::AfterHead(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
-    ))
-    .await;
-    let (limpet, _plain) = start(backend.addr).await;
-    let (first, second) = upgrade_then_second_request(&limpet, SMUGGLED).await;
-    assert_eq!(status_of(&first), 200, "{first}");
-    assert_eq!(status_of(&second), 200, "{second}");
-    let received = eventually(WAIT, "both requests at the backend", || {
-        let t = backend.text();
-        async move { t.contains("/ws/internal").then_some(t) }
-    })
-    .await;
-    assert_forwarded_as_http(&received);
-    // The connection the upgrade was offered on, still open at the backend, took nothing more.
-    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
-    let first_head_len = received.find("\r\n\r\n").unwrap() + 4;
-    assert!(
-        received[first_head_len..].starts_with("GET /ws/internal"),
-        "bytes other than the second request followed the upgrade request:\n{received}"
-    );
+    refused_upgrade_then_request(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
