@@ -93,7 +93,8 @@ pub async fn read_until_close(s: &mut TcpStream, timeout: Duration) -> (Vec<u8>,
 }
 
 /// Reads one HTTP/1.1 response (head + Content-Length or chunked body) from a raw stream, within `timeout`.
-/// Returns the raw bytes of the response, or None if the connection closed or timed out first.
+/// Returns the raw bytes of the response, or None if the connection closed or timed out first. Bytes past the
+/// response stay unread.
 pub async fn read_response(s: &mut TcpStream, timeout: Duration) -> Option<String> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut data = Vec::new();
@@ -104,10 +105,21 @@ pub async fn read_response(s: &mut TcpStream, timeout: Duration) -> Option<Strin
                 return Some(String::from_utf8_lossy(&data[..total]).into_owned());
             }
         }
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+        // Peek, then consume only this response's bytes: a pipelined next response stays in the socket.
+        let n = match tokio::time::timeout_at(deadline, s.peek(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
-            Ok(Ok(n)) => data.extend_from_slice(&buf[..n]),
-        }
+            Ok(Ok(n)) => n,
+        };
+        let before = data.len();
+        data.extend_from_slice(&buf[..n]);
+        let take = match response_len(&data) {
+            Some(total) if total <= data.len() => total - before,
+            _ => n,
+        };
+        data.truncate(before);
+        let mut exact = vec![0u8; take];
+        s.read_exact(&mut exact).await.ok()?;
+        data.extend_from_slice(&exact);
     }
 }
 
