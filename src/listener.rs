@@ -258,6 +258,7 @@ async fn serve(
     };
     let client = ClientInfo {
         peer,
+        peer_text: proxy::headers::ip_value(peer.ip()),
         listener: key,
         https,
         hold: Arc::new(ConnHold {
@@ -277,6 +278,7 @@ async fn serve_http(
     let service_app = app.clone();
     let phase = Arc::new(ConnPhase::default());
     let io = IdleIo::new(io, phase.clone(), block);
+    let client = Arc::new(client);
     let service = service_fn(move |mut req| {
         let busy = Busy::new(&phase, &mut req);
         let app = service_app.clone();

@@ -22,6 +22,10 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Removes hop-by-hop headers: every header named in `Connection`, then the fixed list and `Transfer-Encoding`
 /// (hyper frames bodies itself from the body's length).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names, usually all the work there is: most messages carry no hop-by-hop header.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -47,6 +51,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A header that never crosses limpet whatever `Connection` says.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+        || name == header::TRANSFER_ENCODING
+        || name.as_str().starts_with("proxy-")
+}
+
 /// Does a comma-separated header hold `token` (case-insensitive), in any of its values?
 pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
@@ -57,25 +68,37 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Sets `X-Forwarded-For` (appending the peer), `X-Real-IP`, `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// The text of an address as a header value, made once per client connection.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    let text = bytes::Bytes::from(ip.to_string());
+    HeaderValue::from_maybe_shared(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Sets `X-Forwarded-For` (appending the peer, whose text is `peer`), `X-Real-IP`, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`. `client` is the client address when it differs from the peer's (`trusted_proxies`).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
-    client: IpAddr,
+    peer: &HeaderValue,
+    client: Option<IpAddr>,
     https: bool,
     host: Option<&HeaderValue>,
 ) {
-    let peer_text = peer.to_string();
     let xff = match join_values(headers, &X_FORWARDED_FOR) {
-        Some(prior) => format!("{prior}, {peer_text}"),
-        None => peer_text,
+        Some(mut prior) => {
+            prior.extend_from_slice(b", ");
+            prior.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(prior)).ok()
+        }
+        None => Some(peer.clone()),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    if let Ok(v) = HeaderValue::try_from(client.to_string()) {
-        headers.insert(X_REAL_IP.clone(), v);
-    }
+    let real = match client {
+        Some(ip) => ip_value(ip),
+        None => peer.clone(),
+    };
+    headers.insert(X_REAL_IP.clone(), real);
     let proto = HeaderValue::from_static(if https { "https" } else { "http" });
     headers.insert(X_FORWARDED_PROTO.clone(), proto);
     if let Some(host) = host {
@@ -84,12 +107,12 @@ pub fn set_forwarded(
 }
 
 /// All values of a header joined with ", ", if it is present.
-fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut values = headers.get_all(name).iter();
     let first = values.next()?;
-    Some(values.fold(first.to_string(), |mut acc, v| {
-        acc.push_str(", ");
-        acc.push_str(v);
+    Some(values.fold(first.as_bytes().to_vec(), |mut acc, v| {
+        acc.extend_from_slice(b", ");
+        acc.extend_from_slice(v.as_bytes());
         acc
     }))
 }
@@ -138,8 +161,8 @@ mod tests {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         set_forwarded(
             &mut h,
-            ip,
-            ip,
+            &ip_value(ip),
+            None,
             false,
             Some(&HeaderValue::from_static("example.com")),
         );

@@ -32,6 +32,8 @@ use sticky::{Learn, Plan, Target};
 pub struct ClientInfo {
     /// The TCP peer (or the source a PROXY protocol header gave).
     pub peer: SocketAddr,
+    /// The peer's address as header text (`X-Forwarded-For`, `X-Real-IP`), made once per connection.
+    pub peer_text: HeaderValue,
     /// The listen address it was accepted on, as configured.
     pub listener: SocketAddr,
     pub https: bool,
@@ -64,9 +66,15 @@ pub struct Outcome {
 /// Answers one request: proxied, or limpet's own error answer.
 pub async fn handle(snap: Arc<Snapshot>, client: &ClientInfo, req: Request<Incoming>) -> Outcome {
     let started = Instant::now();
+    // The target is kept for the access log only.
+    let logged = snap.config.global.access_log != crate::config::AccessLog::Off;
     let mut out = Outcome {
         method: req.method().clone(),
-        uri: req.uri().clone(),
+        uri: if logged {
+            req.uri().clone()
+        } else {
+            http::Uri::default()
+        },
         started,
         response: Response::new(ResponseBody::empty()),
         upstream: None,

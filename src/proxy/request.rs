@@ -77,7 +77,7 @@ pub struct HeadCounts {
 const SCAN_PREFIX: usize = 18;
 
 /// Counts the framing header lines of one request head as its bytes arrive, up to the blank line ending it.
-/// No allocation; a byte at a time, over heads only.
+/// No allocation; line ends found with `memchr`, over heads only.
 #[derive(Debug, Default)]
 pub struct HeadScan {
     counts: HeadCounts,
@@ -91,40 +91,59 @@ pub struct HeadScan {
 impl HeadScan {
     /// Feeds the next bytes of the head; the counts once its blank line has passed (bytes after it are not
     /// looked at).
-    pub fn feed(&mut self, bytes: &[u8]) -> Option<HeadCounts> {
-        for &b in bytes {
-            if b != b'\n' {
-                if let Some(slot) = self.line.get_mut(self.len) {
-                    *slot = b.to_ascii_lowercase();
-                }
-                self.len = self.len.saturating_add(1);
-                self.tail = [self.tail[1], b];
-                continue;
-            }
-            let blank = self.len == 0 || (self.len == 1 && self.line[0] == b'\r');
-            if blank && self.lines > 0 {
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Option<HeadCounts> {
+        while !bytes.is_empty() {
+            let end = memchr::memchr(b'\n', bytes);
+            let part = &bytes[..end.unwrap_or(bytes.len())];
+            self.extend_line(part);
+            let end = end?;
+            bytes = &bytes[end + 1..];
+            if self.end_line() {
                 return Some(self.counts);
             }
-            if !blank {
-                let line = &self.line[..self.len.min(SCAN_PREFIX)];
-                let c = &mut self.counts;
-                if line.starts_with(b"content-length:") {
-                    c.content_length = c.content_length.saturating_add(1);
-                } else if line.starts_with(b"transfer-encoding:") {
-                    c.transfer_encoding = c.transfer_encoding.saturating_add(1);
-                    let end = if self.tail[1] == b'\r' {
-                        self.tail[0]
-                    } else {
-                        self.tail[1]
-                    };
-                    c.padded_coding |= matches!(end, b' ' | b'\t');
-                }
-                self.lines += 1;
-            }
-            self.len = 0;
-            self.tail = [0; 2];
         }
         None
+    }
+
+    /// Adds bytes of the current line: its first `SCAN_PREFIX` lowercased, and its last two.
+    fn extend_line(&mut self, part: &[u8]) {
+        let start = self.len.min(SCAN_PREFIX);
+        for (slot, b) in self.line[start..].iter_mut().zip(part) {
+            *slot = b.to_ascii_lowercase();
+        }
+        self.len = self.len.saturating_add(part.len());
+        self.tail = match *part {
+            [] => self.tail,
+            [b] => [self.tail[1], b],
+            [.., a, b] => [a, b],
+        };
+    }
+
+    /// Counts the line just ended; true when it was the blank line ending the head.
+    fn end_line(&mut self) -> bool {
+        let blank = self.len == 0 || (self.len == 1 && self.line[0] == b'\r');
+        if blank && self.lines > 0 {
+            return true;
+        }
+        if !blank {
+            let line = &self.line[..self.len.min(SCAN_PREFIX)];
+            let c = &mut self.counts;
+            if line.starts_with(b"content-length:") {
+                c.content_length = c.content_length.saturating_add(1);
+            } else if line.starts_with(b"transfer-encoding:") {
+                c.transfer_encoding = c.transfer_encoding.saturating_add(1);
+                let end = if self.tail[1] == b'\r' {
+                    self.tail[0]
+                } else {
+                    self.tail[1]
+                };
+                c.padded_coding |= matches!(end, b' ' | b'\t');
+            }
+            self.lines += 1;
+        }
+        self.len = 0;
+        self.tail = [0; 2];
+        false
     }
 }
 
@@ -354,17 +373,22 @@ pub fn prepare(
         parts.headers.insert(header::UPGRADE, upgrade);
     }
     let host = parts.headers.get(header::HOST).cloned();
+    // Room for the forwarding headers and `set_header`, so the map grows (and rehashes) once at most.
+    parts.headers.reserve(4 + route.location.set_header.len());
+    let other = (client_ip != client.peer.ip()).then_some(client_ip);
     set_forwarded(
         &mut parts.headers,
-        client.peer.ip(),
-        client_ip,
+        &client.peer_text,
+        other,
         client.https,
         host.as_ref(),
     );
     for (name, value) in &route.location.set_header {
         parts.headers.insert(name.clone(), value.clone());
     }
-    parts.uri = origin_form(&parts.uri);
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = origin_form(&parts.uri);
+    }
     parts.version = Version::HTTP_11;
     let body = RequestBody::new(body, route.location.client_max_body_size, body_idle);
     Prepared {
