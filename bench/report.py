@@ -12,17 +12,21 @@ ROWS = [
     ("get2_p50", "  p50 latency, ms", "lower", 3),
     ("get2_p99", "  p99 latency, ms", "lower", 3),
     ("get2_cpu", "  proxy CPU, us/req", "lower", 2),
+    ("get2_sys", "    of which kernel, us/req", "lower", 2),
     ("get64k_rps", "GET 64 KiB keep-alive, req/s", "higher", 0),
     ("get64k_p99", "  p99 latency, ms", "lower", 3),
     ("get64k_cpu", "  proxy CPU, us/req", "lower", 2),
+    ("get64k_sys", "    of which kernel, us/req", "lower", 2),
     ("close_rps", "GET 2 B new conn per request, req/s", "higher", 0),
     ("close_p99", "  p99 latency, ms", "lower", 3),
     ("close_cpu", "  proxy CPU, us/req", "lower", 2),
+    ("close_sys", "    of which kernel, us/req", "lower", 2),
     ("ws_rate", "WS echo {conns} conns {ws_bytes} B, msg/s", "higher", 0),
     ("ws_p99", "  p99 round trip, ms", "lower", 3),
     ("ws_cpu", "  proxy CPU, us/msg", "lower", 2),
-    ("idle1_kib", "RSS per idle WS at {idle1}, KiB", "lower", 1),
-    ("idle2_kib", "RSS per idle WS at {idle2}, KiB", "lower", 1),
+    ("ws_sys", "    of which kernel, us/msg", "lower", 2),
+    ("idle1_kib", "anon RSS per idle WS at {idle1}, KiB", "lower", 1),
+    ("idle2_kib", "anon RSS per idle WS at {idle2}, KiB", "lower", 1),
 ]
 
 
@@ -168,7 +172,11 @@ def main():
     ]
     if args.runs != "1":
         setup.append(f"Median of {args.runs} interleaved rounds, ± half their range.")
-    setup.append("Proxy CPU = utime+stime from /proc/PID/stat over the run / requests (or messages).")
+    setup.append("Proxy CPU = utime+stime from /proc/PID/stat over the run / requests (or messages); kernel = stime"
+                 " alone (system calls and the loopback delivery they set off).")
+    setup.append("Idle WS memory = growth of RssAnon (heap and stacks; the binary's file pages left out) from before"
+                 " to after opening the connections, 32 handshakes at a time, each reading taken once it has settled;"
+                 " median of the idle rounds.")
     setup.append("Runs during which other processes took over 15% of a core are left out when a clean run of the"
                  " same figure exists; (!) marks a figure that had none.")
     setup.append(f"Open-file limit {args.nofile} per process (a tunnel takes two).")

@@ -64,11 +64,16 @@ if ((QUICK)); then
     DURATION=3
     IDLE_COUNTS=(2000)
     RUNS=${RUNS:-1}
+    IDLE_ROUNDS=1
 else
     DURATION=10
     IDLE_COUNTS=(2000 9000)
     RUNS=${RUNS:-3}
+    IDLE_ROUNDS=3
 fi
+# Idle connections are opened this many at a time, so the idle figure is what a held tunnel costs rather than
+# what a burst of concurrent handshakes leaves in the allocator.
+IDLE_OPEN_CONCURRENCY=32
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "bench: --runs must be a positive number" >&2; exit 2; }
 CONNS=64
 WS_MSG_BYTES=32
@@ -151,6 +156,16 @@ cpu_ticks() {
     echo $((${12} + ${13}))
 }
 
+# stime alone: the kernel's share (system calls, and the loopback packet delivery they trigger).
+sys_ticks() {
+    local s
+    s=$(<"/proc/$1/stat")
+    s=${s##*) }
+    # shellcheck disable=SC2086
+    set -- $s
+    echo "${13}"
+}
+
 # Percent of one core that the whole machine used over one second (call while the bench is idle).
 machine_busy_pct() {
     local a b
@@ -227,7 +242,25 @@ measured() {
     commit "$flag"
 }
 
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# The process's anonymous resident memory (heap, stacks): what connections cost. VmRSS also counts the pages
+# of the binary and its libraries, which the kernel drops and faults back in on its own schedule.
+rss_kib() { awk '/^RssAnon:/ { print $2 }' "/proc/$1/status"; }
+
+# rss_settled PID: the anonymous RSS once it has stopped moving (two readings 0.5 s apart within 64 KiB,
+# at most 10 s): allocators hand freed pages back over a second or so.
+rss_settled() {
+    local a b i
+    a=$(rss_kib "$1")
+    for ((i = 0; i < 20; i++)); do
+        sleep 0.5
+        b=$(rss_kib "$1")
+        if (((a > b ? a - b : b - a) <= 64)); then
+            break
+        fi
+        a=$b
+    done
+    echo "$b"
+}
 
 forget_pid() {
     local keep=() p
@@ -373,13 +406,15 @@ stop_proxy() { stop_pid "$PROXY_MAIN"; }
 
 # run_wrk PROXY KEY PATH [wrk args...]: requests/s, p50/p99 (ms) and the proxy's CPU µs per request.
 run_wrk() {
-    local proxy=$1 key=$2 path=$3 out t0 t1 reqs rps p50 p99 errs non2xx
+    local proxy=$1 key=$2 path=$3 out t0 t1 k0 k1 reqs rps p50 p99 errs non2xx
     shift 3
     out=$WORK/$proxy.$key.$ROUND.wrk
     t0=$(cpu_ticks "$PROXY_PID")
+    k0=$(sys_ticks "$PROXY_PID")
     run_waited taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" \
         "http://127.0.0.1:$PROXY_PORT$path" >"$out" 2>&1 || true
     t1=$(cpu_ticks "$PROXY_PID")
+    k1=$(sys_ticks "$PROXY_PID")
     read -r reqs rps p50 p99 errs non2xx < <(awk '
         function ms(v) {
             if (v ~ /us$/) return v * 0.001
@@ -404,6 +439,7 @@ run_wrk() {
     record "$proxy" "${key}_p50" "$p50"
     record "$proxy" "${key}_p99" "$p99"
     record "$proxy" "${key}_cpu" "$(calc "($t1 - $t0) * 1000000 / $CLK_TCK / $reqs")"
+    record "$proxy" "${key}_sys" "$(calc "($k1 - $k0) * 1000000 / $CLK_TCK / $reqs")"
     ((errs == 0)) || note "$proxy $key: $errs socket errors reported by wrk"
     ((non2xx == 0)) || note "$proxy $key: $non2xx non-2xx responses"
     say "bench: $proxy $key: $rps req/s, p50 ${p50} ms, p99 ${p99} ms"
@@ -413,12 +449,14 @@ ws_url() { echo "ws://127.0.0.1:$PROXY_PORT/ws"; }
 
 # run_ws_echo PROXY: echo messages/s over $CONNS connections, p99 round trip, CPU µs per message.
 run_ws_echo() {
-    local proxy=$1 out t0 t1 msgs rate p50 p99 errors
+    local proxy=$1 out t0 t1 k0 k1 msgs rate p50 p99 errors
     out=$WORK/$proxy.ws.$ROUND.json
     t0=$(cpu_ticks "$PROXY_PID")
+    k0=$(sys_ticks "$PROXY_PID")
     run_waited taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --conns "$CONNS" \
         --duration "${DURATION}s" --size "$WS_MSG_BYTES" >"$out" 2>"$out.err" || true
     t1=$(cpu_ticks "$PROXY_PID")
+    k1=$(sys_ticks "$PROXY_PID")
     if ! read -r msgs rate p50 p99 errors < <(python3 -c '
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -434,6 +472,7 @@ print(r["msgs"], r["rate"], r["p50_us"] / 1000, r["p99_us"] / 1000, r["errors"])
     record "$proxy" ws_p50 "$p50"
     record "$proxy" ws_p99 "$p99"
     record "$proxy" ws_cpu "$(calc "($t1 - $t0) * 1000000 / $CLK_TCK / $msgs")"
+    record "$proxy" ws_sys "$(calc "($k1 - $k0) * 1000000 / $CLK_TCK / $msgs")"
     ((errors == 0)) || note "$proxy ws: $errors connections failed during the echo run ($(tail -n 1 "$out.err"))"
     say "bench: $proxy ws echo: $rate msg/s, p99 $p99 ms"
 }
@@ -446,19 +485,17 @@ run_idle() {
     # Warm the proxy (buffers, pools, lazily built state) so the baseline holds no first-use cost.
     run_waited taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --conns "$CONNS" --duration 1s \
         >/dev/null 2>&1 || true
-    sleep 0.5
-    before=$(rss_kib "$PROXY_PID")
+    before=$(rss_settled "$PROXY_PID")
     mkfifo "$fifo"
     taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --idle "$n" --hold-until-stdin-closes \
-        <"$fifo" >"$out" 2>"$out.err" &
+        --open-concurrency "$IDLE_OPEN_CONCURRENCY" <"$fifo" >"$out" 2>"$out.err" &
     loader=$!
     PIDS+=("$loader")
     exec {HOLD_FD}>"$fifo"
     if ! wait_line "$out" '^OPEN ' 300 "$loader"; then
         note "$proxy idle $n: the load client never reported ($(tail -n 2 "$out.err" | tr '\n' ' '))"
     else
-        sleep 1
-        after=$(rss_kib "$PROXY_PID")
+        after=$(rss_settled "$PROXY_PID")
         line=$(grep -m1 '^OPEN ' "$out")
         read -r _ opened _ <<<"$line"
         if [[ $line == *" LIMIT "* || $line == *" ERROR "* ]]; then
@@ -528,16 +565,18 @@ throughput_rounds() {
 
 # Idle memory: a fresh proxy for each count, so memory freed by an earlier run cannot be reused.
 idle_runs() {
-    local p n slot
-    for p in "${RUN[@]}"; do
-        slot=0
-        for n in "${IDLE_COUNTS[@]}"; do
-            slot=$((slot + 1))
-            start_proxy "$p" || { note "$p: restart for the idle run failed"; continue; }
-            wait_quiet || true
-            run_idle "$p" "$n" "$slot"
-            commit
-            stop_proxy
+    local p n slot r
+    for ((r = 1; r <= IDLE_ROUNDS; r++)); do
+        for p in "${RUN[@]}"; do
+            slot=0
+            for n in "${IDLE_COUNTS[@]}"; do
+                slot=$((slot + 1))
+                start_proxy "$p" || { note "$p: restart for the idle run failed"; continue; }
+                wait_quiet || true
+                run_idle "$p" "$n" "$slot"
+                commit
+                stop_proxy
+            done
         done
     done
 }
