@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use crate::config::{Balance, Config, Location, Problem, ServerBlock, Store};
 use crate::metrics::ServerMetrics;
@@ -104,7 +106,8 @@ type StoreEntry = (String, String, Arc<SessionStore>);
 #[derive(Default)]
 pub struct Carry {
     servers: Mutex<HashMap<(String, String), Arc<ServerState>>>,
-    by_id: Arc<RwLock<HashMap<ServerId, Arc<ServerState>>>>,
+    /// Read on every sticky-session count change, written on reloads only (copied, then swapped in).
+    by_id: Arc<ArcSwap<HashMap<ServerId, Arc<ServerState>>>>,
     tables: Mutex<HashMap<String, Arc<SessionTable>>>,
     stores: Mutex<HashMap<String, StoreEntry>>,
     next_id: Mutex<ServerId>,
@@ -165,10 +168,10 @@ impl Carry {
             state.set_health(crate::upstream::Health::Checking);
         }
         servers.insert(key, state.clone());
-        self.by_id
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, state.clone());
+        // Writers hold `servers`, so read-copy-update here loses no concurrent insert.
+        let mut by_id = HashMap::clone(&self.by_id.load());
+        by_id.insert(id, state.clone());
+        self.by_id.store(Arc::new(by_id));
         state
     }
 
@@ -180,7 +183,7 @@ impl Carry {
         }
         let by_id = self.by_id.clone();
         let on_count = Arc::new(move |id: ServerId, delta: i64| {
-            if let Some(s) = by_id.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            if let Some(s) = by_id.load().get(&id) {
                 s.metrics.sticky_sessions.add(delta);
             }
         });
@@ -244,13 +247,17 @@ impl Carry {
             .filter(|k| !keep.contains(*k))
             .cloned()
             .collect();
-        let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
+        if removed.is_empty() {
+            return;
+        }
+        let mut by_id = HashMap::clone(&self.by_id.load());
         for key in removed {
             if let Some(s) = servers.remove(&key) {
                 by_id.remove(&s.id);
                 ServerMetrics::remove(&key.0, &key.1);
             }
         }
+        self.by_id.store(Arc::new(by_id));
     }
 }
 
