@@ -13,7 +13,7 @@
 //! - [`sticky`]: Engine.IO parsing and the sid → server table.
 //! - [`health`]: active health checks.
 //! - [`metrics`], [`admin`], [`access_log`]: what operators see.
-//! - [`tls`], [`proxy_protocol`]: the edge.
+//! - [`tls`], [`proxy_protocol`], [`stream`]: the edge.
 //! - [`convert_nginx`]: `limpet convert-nginx`.
 #![forbid(unsafe_code)]
 
@@ -30,5 +30,6 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod runtime;
 pub mod sticky;
+pub mod stream;
 pub mod tls;
 pub mod upstream;
