@@ -145,6 +145,20 @@ def markdown(header, rows):
     return "\n".join(out)
 
 
+def print_report(table, setup, notes, notes_title=None):
+    """The table, the paragraph on how it was measured, and the notes as a list."""
+    print()
+    print(table)
+    print()
+    print(setup)
+    if notes:
+        print()
+        if notes_title:
+            print(notes_title)
+        for n in notes:
+            print(f"- {n}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
@@ -184,27 +198,10 @@ def main():
     if versions:
         setup += " Versions: " + "; ".join(versions) + "."
 
-    print()
-    print(aligned(header, rows))
-    print()
-    print(setup)
-    if notes:
-        print()
-        print("Notes:")
-        for n in notes:
-            print(f"- {n}")
-
+    print_report(aligned(header, rows), setup, notes, "Notes:")
     print()
     print("----- markdown for bench/RESULTS.md -----")
-    print()
-    print(markdown(header, rows))
-    print()
-    print(setup)
-    if notes:
-        print()
-        for n in notes:
-            print(f"- {n}")
-
+    print_report(markdown(header, rows), setup, notes)
 
 if __name__ == "__main__":
     main()

@@ -6,21 +6,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests start for real: Redis (shared sticky store and the chat demo), Prometheus (scrape +
 # promtool), Chromium (browser test), docker-compose (validating docker-compose.yml; no engine is needed).
-APT_PACKAGES=(redis-server prometheus chromium docker-compose)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "==> apt-get install ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  else
-    echo "==> missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
-    exit 1
-  fi
-fi
+. scripts/lib/apt.sh
+ensure_apt_packages redis-server prometheus chromium docker-compose
 
 echo "==> npm ci (tests/socketio)"
 (cd tests/socketio && npm ci --no-audit --no-fund --loglevel=error)

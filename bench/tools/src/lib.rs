@@ -7,11 +7,12 @@
 //! The servers bind `--listen` (port 0 by default) and print `LISTENING <port>` on stdout,
 //! which `bench/run.sh` waits for.
 
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit now in force.
 pub fn raise_nofile_limit() -> u64 {
@@ -57,6 +58,38 @@ pub async fn backoff_after_accept_error(err: &std::io::Error) {
     if is_fd_exhaustion(err) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `--listen` and `--threads`, the options of both bench origins.
+#[derive(clap::Args)]
+pub struct OriginArgs {
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// tokio worker threads
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+/// Runs a bench origin: raises the open-file limit, binds `--listen` (announcing the port), and hands each
+/// accepted connection, with TCP_NODELAY set, to `handle` in a task of its own. Returns only on a bind error.
+pub fn run_origin<F, Fut>(args: &OriginArgs, handle: F) -> std::io::Result<()>
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    raise_nofile_limit();
+    runtime(args.threads)?.block_on(async {
+        let listener = bind_and_announce(args.listen).await?;
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(handle(stream));
+                }
+                Err(e) => backoff_after_accept_error(&e).await,
+            }
+        }
+    })
 }
 
 /// Builds a multi-threaded tokio runtime with `threads` workers.

@@ -1,43 +1,24 @@
 //! WebSocket echo origin for the bench: every text or binary message is sent straight back.
 
-use std::net::SocketAddr;
-
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
+use limpet_bench_tools::OriginArgs;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
 #[command(about = "WebSocket echo origin (any path)")]
 struct Args {
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
-    /// tokio worker threads
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    #[command(flatten)]
+    origin: OriginArgs,
 }
 
 fn main() -> std::io::Result<()> {
-    let args = Args::parse();
-    limpet_bench_tools::raise_nofile_limit();
-    limpet_bench_tools::runtime(args.threads)?.block_on(serve(args.listen))
-}
-
-async fn serve(addr: SocketAddr) -> std::io::Result<()> {
-    let listener = limpet_bench_tools::bind_and_announce(addr).await?;
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(echo(stream));
-            }
-            Err(e) => limpet_bench_tools::backoff_after_accept_error(&e).await,
-        }
-    }
+    limpet_bench_tools::run_origin(&Args::parse().origin, echo)
 }
 
 /// An idle connection is one parked task plus tungstenite's read buffer: nothing else is held.
 async fn echo(stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };
