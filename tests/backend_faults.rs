@@ -71,15 +71,25 @@ async fn setup(bad: SocketAddr) -> Setup {
 }
 
 impl Setup {
-    /// `GET /bad` on a raw connection: limpet's complete answer.
-    async fn fetch_bad(&self) -> String {
+    /// A raw connection to limpet with `GET /bad` sent on it.
+    async fn send_bad(&self) -> TcpStream {
         let mut s = TcpStream::connect(self.limpet.addr()).await.unwrap();
         s.write_all(b"GET /bad HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .unwrap();
-        read_response(&mut s, Duration::from_secs(10))
+        s
+    }
+
+    /// `GET /bad` on a raw connection: limpet's complete answer.
+    async fn fetch_bad(&self) -> String {
+        read_response(&mut self.send_bad().await, Duration::from_secs(10))
             .await
             .expect("a complete response")
+    }
+
+    /// `GET /bad` on a raw connection: everything received until the connection closed, and whether it did.
+    async fn fetch_bad_until_close(&self) -> (Vec<u8>, bool) {
+        read_until_close(&mut self.send_bad().await, Duration::from_secs(10)).await
     }
 
     /// The faulty server is marked down, and the healthy upstream still answers.
@@ -109,15 +119,6 @@ impl Setup {
     }
 }
 
-/// `GET /bad` on a raw connection: everything received until the connection closed, and whether it did.
-async fn fetch_once(setup: &Setup) -> (Vec<u8>, bool) {
-    let mut s = TcpStream::connect(setup.limpet.addr()).await.unwrap();
-    s.write_all(b"GET /bad HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    read_until_close(&mut s, Duration::from_secs(10)).await
-}
-
 /// True when `bytes` hold a whole response: head, then exactly Content-Length bytes or a chunked body ending
 /// in its last chunk.
 fn looks_complete(bytes: &[u8]) -> bool {
@@ -132,121 +133,92 @@ fn looks_complete(bytes: &[u8]) -> bool {
     head.contains("transfer-encoding: chunked") && body.ends_with("0\r\n\r\n")
 }
 
+/// A bad server that answers a request head with `reply`, then closes.
+async fn replying(reply: &[u8]) -> RawBackend {
+    RawBackend::start(RawReply::AfterHeadClose(reply.to_vec())).await
+}
+
+/// Limpet in front of `bad` answers `GET /bad` with `status` and blames the server: limpet's answer.
+async fn assert_fault_status(bad: SocketAddr, status: u16) -> String {
+    let s = setup(bad).await;
+    let resp = s.fetch_bad().await;
+    assert_eq!(status_of(&resp), status, "{resp}");
+    s.assert_blamed_and_others_fine().await;
+    resp
+}
+
+/// Limpet in front of `bad` relays a 200 head, then closes before the response is complete, and blames the
+/// server: what the client received, lowercased.
+async fn assert_visibly_truncated(bad: SocketAddr) -> String {
+    let s = setup(bad).await;
+    let (bytes, closed) = s.fetch_bad_until_close().await;
+    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    assert!(closed);
+    assert!(bytes.starts_with(b"HTTP/1.1 200"), "{text:?}");
+    assert!(!looks_complete(&bytes), "{text:?}");
+    s.assert_blamed_and_others_fine().await;
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_refused_is_502() {
-    let s = setup(refusing_addr().await).await;
-    let resp = s.fetch_bad().await;
-    assert_eq!(status_of(&resp), 502, "{resp}");
-    s.assert_blamed_and_others_fine().await;
+    assert_fault_status(refusing_addr().await, 502).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_before_the_head_is_502() {
     let bad = RawBackend::start(RawReply::ResetAfterHead).await;
-    let s = setup(bad.addr).await;
-    let resp = s.fetch_bad().await;
-    assert_eq!(status_of(&resp), 502, "{resp}");
-    s.assert_blamed_and_others_fine().await;
+    assert_fault_status(bad.addr, 502).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_never_answers_is_504() {
     let bad = RawBackend::start(RawReply::Silent).await;
-    let s = setup(bad.addr).await;
-    let resp = s.fetch_bad().await;
-    assert_eq!(status_of(&resp), 504, "{resp}");
-    s.assert_blamed_and_others_fine().await;
+    assert_fault_status(bad.addr, 504).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_response_head_is_502() {
-    let bad = RawBackend::start(RawReply::AfterHeadClose(
-        b"HTTP/1.1 2OO OK\r\n\r\n".to_vec(),
-    ))
-    .await;
-    let s = setup(bad.addr).await;
-    let resp = s.fetch_bad().await;
-    assert_eq!(status_of(&resp), 502, "{resp}");
-    s.assert_blamed_and_others_fine().await;
+    let bad = replying(b"HTTP/1.1 2OO OK\r\n\r\n").await;
+    assert_fault_status(bad.addr, 502).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_with_content_length_and_transfer_encoding_is_502() {
     let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-    let bad = RawBackend::start(RawReply::AfterHeadClose(reply.to_vec())).await;
-    let s = setup(bad.addr).await;
-    let resp = s.fetch_bad().await;
-    assert_eq!(status_of(&resp), 502, "{resp}");
+    let bad = replying(reply).await;
+    let resp = assert_fault_status(bad.addr, 502).await;
     assert!(!resp.contains("hello"));
-    s.assert_blamed_and_others_fine().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_mid_body_is_a_visibly_truncated_response() {
     let bad = resetting_backend(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello").await;
-    let s = setup(bad).await;
-    let (bytes, closed) = fetch_once(&s).await;
-    assert!(closed);
-    assert!(
-        bytes.starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&bytes)
-    );
-    assert!(
-        !looks_complete(&bytes),
-        "{:?}",
-        String::from_utf8_lossy(&bytes)
-    );
-    s.assert_blamed_and_others_fine().await;
+    assert_visibly_truncated(bad).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_chunked_body_is_a_visibly_truncated_response() {
     let reply = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n10\r\nhel";
-    let bad = RawBackend::start(RawReply::AfterHeadClose(reply.to_vec())).await;
-    let s = setup(bad.addr).await;
-    let (bytes, closed) = fetch_once(&s).await;
-    assert!(closed);
-    assert!(
-        bytes.starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&bytes)
-    );
-    assert!(
-        !looks_complete(&bytes),
-        "{:?}",
-        String::from_utf8_lossy(&bytes)
-    );
-    s.assert_blamed_and_others_fine().await;
+    let bad = replying(reply).await;
+    assert_visibly_truncated(bad.addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_short_of_its_content_length_is_a_visibly_truncated_response() {
     let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
-    let bad = RawBackend::start(RawReply::AfterHeadClose(reply.to_vec())).await;
-    let s = setup(bad.addr).await;
-    let (bytes, closed) = fetch_once(&s).await;
-    assert!(closed);
-    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
-    assert!(text.starts_with("http/1.1 200"), "{text:?}");
+    let bad = replying(reply).await;
+    let text = assert_visibly_truncated(bad.addr).await;
     assert!(text.contains("content-length: 10\r\n"), "{text:?}");
-    assert!(!looks_complete(&bytes), "{text:?}");
-    s.assert_blamed_and_others_fine().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_delimited_body_is_relayed_whole_and_framed() {
     let reply = b"HTTP/1.1 200 OK\r\nx-kind: close-delimited\r\n\r\nhello world";
-    let bad = RawBackend::start(RawReply::AfterHeadClose(reply.to_vec())).await;
+    let bad = replying(reply).await;
     let s = setup(bad.addr).await;
     for _ in 0..2 {
-        let mut c = TcpStream::connect(s.limpet.addr()).await.unwrap();
-        c.write_all(b"GET /bad HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let resp = read_response(&mut c, Duration::from_secs(10))
-            .await
-            .expect("a complete response");
+        let resp = s.fetch_bad().await;
         assert_eq!(status_of(&resp), 200, "{resp}");
         assert!(looks_complete(resp.as_bytes()), "{resp:?}");
         assert!(resp.contains("hello world"), "{resp:?}");

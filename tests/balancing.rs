@@ -13,32 +13,6 @@ use tokio::net::TcpSocket;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// One upstream "app" over `servers`, each with its extra keys (e.g. "weight = 5").
-fn config(balance: &str, upstream_keys: &str, servers: &[(SocketAddr, &str)]) -> String {
-    let mut s = simple_config(balance, &[], upstream_keys, "");
-    for (addr, keys) in servers {
-        s.push_str(&format!(
-            "[[upstream.app.server]]\naddr = \"{addr}\"\n{keys}\n"
-        ));
-    }
-    s
-}
-
-async fn backends(names: &[&str]) -> Vec<HttpBackend> {
-    let mut out = Vec::new();
-    for n in names {
-        out.push(HttpBackend::start(n).await);
-    }
-    out
-}
-
-/// Which backend answered `GET path` (its name is the body).
-async fn who(addr: SocketAddr, path: &str) -> String {
-    let resp = get(addr, path).await;
-    assert_eq!(resp.status, 200, "{path}");
-    resp.text()
-}
-
 /// `GET path` from a client socket bound to `source` (any 127.x address works on Linux): the backend's name.
 async fn who_from(source: IpAddr, addr: SocketAddr, path: &str) -> String {
     let socket = TcpSocket::new_v4().unwrap();
@@ -55,7 +29,7 @@ async fn who_from(source: IpAddr, addr: SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_honours_weights_in_nginx_smooth_order() {
     let b = backends(&["a", "b", "c"]).await;
-    let limpet = Limpet::start(&config(
+    let limpet = Limpet::start(&servers_config(
         "round_robin",
         "",
         &[
@@ -78,7 +52,7 @@ async fn round_robin_honours_weights_in_nginx_smooth_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_with_equal_weights_alternates() {
     let b = backends(&["a", "b", "c"]).await;
-    let limpet = Limpet::start(&config(
+    let limpet = Limpet::start(&servers_config(
         "round_robin",
         "",
         &[(b[0].addr, ""), (b[1].addr, ""), (b[2].addr, "")],
@@ -94,7 +68,7 @@ async fn round_robin_with_equal_weights_alternates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_prefers_the_idle_server() {
     let b = backends(&["a", "b", "c"]).await;
-    let limpet = Limpet::start(&config(
+    let limpet = Limpet::start(&servers_config(
         "least_conn",
         "",
         &[(b[0].addr, ""), (b[1].addr, ""), (b[2].addr, "")],
@@ -157,7 +131,7 @@ fn nginx_ip_hash(ip: [u8; 4], weights: &[u64]) -> usize {
 async fn ip_hash_follows_nginx_mapping_by_client_address() {
     let b = backends(&["a", "b", "c"]).await;
     let weights = [1u64, 2, 3];
-    let limpet = Limpet::start(&config(
+    let limpet = Limpet::start(&servers_config(
         "ip_hash",
         "",
         &[
@@ -194,7 +168,7 @@ async fn ip_hash_follows_nginx_mapping_by_client_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_hash_keeps_a_client_and_its_slash_24_on_one_server() {
     let b = backends(&["a", "b", "c"]).await;
-    let limpet = Limpet::start(&config(
+    let limpet = Limpet::start(&servers_config(
         "ip_hash",
         "",
         &[(b[0].addr, ""), (b[1].addr, ""), (b[2].addr, "")],
@@ -222,7 +196,7 @@ async fn hash_on_an_argument_sticks_per_key_and_is_consistent() {
     let b = backends(&["a", "b", "c"]).await;
     let servers = |down: &'static str| vec![(b[0].addr, ""), (b[1].addr, ""), (b[2].addr, down)];
     let keys = "hash_key = \"$arg_user\"";
-    let limpet = Limpet::start(&config("hash", keys, &servers("")));
+    let limpet = Limpet::start(&servers_config("hash", keys, &servers("")));
     let users: Vec<String> = (0..30).map(|i| format!("user{i}")).collect();
     let mut placed = HashMap::new();
     for u in &users {
@@ -240,7 +214,7 @@ async fn hash_on_an_argument_sticks_per_key_and_is_consistent() {
     );
     drop(limpet);
 
-    let limpet = Limpet::start(&config("hash", keys, &servers("down = true")));
+    let limpet = Limpet::start(&servers_config("hash", keys, &servers("down = true")));
     let before_c = b[2].hits();
     for u in &users {
         let now = who(limpet.addr(), &format!("/?user={u}")).await;

@@ -10,14 +10,11 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use support::polling::{handshake, poll, post, whoami, ws_read};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn server(addr: SocketAddr, keys: &str) -> String {
-    format!("\n[[upstream.app.server]]\naddr = \"{addr}\"\n{keys}\n")
-}
 
 fn config(balance: &str, upstream_keys: &str, servers: &[String]) -> String {
     format!(
@@ -36,13 +33,7 @@ async fn admin_post(l: &Limpet, addr: SocketAddr, action: &str) -> Resp {
 
 async fn server_status(l: &Limpet, addr: SocketAddr) -> Value {
     let st: Value = serde_json::from_slice(&get(l.admin.unwrap(), "/status").await.body).unwrap();
-    st["upstreams"]["app"]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["addr"] == addr.to_string())
-        .cloned()
-        .unwrap_or_else(|| panic!("{addr} not in /status: {st}"))
+    server_entry(&st, addr)
 }
 
 async fn echo(ws: &mut Ws, text: &str) {
@@ -66,7 +57,7 @@ async fn wait_accepted(b: &WsBackend, n: usize) {
 async fn a_drained_server_keeps_its_websockets_and_gets_no_new_ones() {
     let w1 = WsBackend::start().await;
     let w2 = WsBackend::start().await;
-    let servers = [server(w1.addr, ""), server(w2.addr, "")];
+    let servers = [server_table(w1.addr, ""), server_table(w2.addr, "")];
     let limpet = Limpet::start(&config("round_robin", "", &servers));
 
     // Put the first client on w1: w2 is drained meanwhile.
@@ -113,70 +104,11 @@ async fn a_drained_server_keeps_its_websockets_and_gets_no_new_ones() {
     echo(&mut first, "and still").await;
 }
 
-fn sid_of(open: &str) -> String {
-    let v: Value = serde_json::from_str(open.trim_start_matches('0')).unwrap();
-    v["sid"].as_str().unwrap().to_string()
-}
-
-async fn handshake(addr: SocketAddr) -> String {
-    let r = get(addr, "/socket.io/?EIO=4&transport=polling").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    sid_of(&r.text())
-}
-
-async fn post(addr: SocketAddr, sid: &str, payload: &str) -> Resp {
-    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
-    let ct = [("content-type", "text/plain;charset=UTF-8")];
-    request(addr, "POST", &path, &ct, payload.to_string())
-        .await
-        .unwrap()
-}
-
-async fn poll(addr: SocketAddr, sid: &str) -> String {
-    let r = get(
-        addr,
-        &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
-}
-
-/// Connects the Socket.IO namespace of a polling session and asks its node with `whoami`.
-async fn connect_whoami(addr: SocketAddr, sid: &str) -> String {
-    assert_eq!(post(addr, sid, "40").await.status, 200);
-    assert!(poll(addr, sid).await.starts_with("40"));
-    assert_eq!(post(addr, sid, "421[\"whoami\"]").await.status, 200);
-    let answer = poll(addr, sid).await;
-    let packet = answer
-        .split('\x1e')
-        .find_map(|p| p.strip_prefix("431"))
-        .unwrap_or_else(|| panic!("no whoami answer in {answer:?}"));
-    let v: Value = serde_json::from_str(packet).unwrap();
-    v[0]["node"].as_str().unwrap().to_string()
-}
-
-/// Reads WebSocket text messages until one starts with `prefix`.
-async fn ws_read(ws: &mut Ws, prefix: &str) -> String {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("websocket read timed out")
-            .expect("websocket closed")
-            .unwrap();
-        if let Message::Text(t) = msg {
-            if t.starts_with(prefix) {
-                return t.to_string();
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_keeps_its_sessions_and_takes_no_new_ones() {
     let fleet = NodeFleet::start(2, &[]);
     let addrs = fleet.addrs();
-    let servers: Vec<String> = addrs.iter().map(|a| server(*a, "")).collect();
+    let servers: Vec<String> = addrs.iter().map(|a| server_table(*a, "")).collect();
     let sticky = "[upstream.app.sticky]\nfallback = \"round_robin\"\n";
     let limpet = Limpet::start(&config("sid", sticky, &servers));
 
@@ -184,7 +116,7 @@ async fn a_drained_node_keeps_its_sessions_and_takes_no_new_ones() {
     let mut on = std::collections::HashMap::new();
     for _ in 0..2 {
         let sid = handshake(limpet.addr()).await;
-        on.insert(connect_whoami(limpet.addr(), &sid).await, sid);
+        on.insert(whoami(limpet.addr(), &sid, 1).await, sid);
     }
     let kept = on["n1"].clone();
     let n1 = fleet.nodes[0].addr;
@@ -200,7 +132,7 @@ async fn a_drained_node_keeps_its_sessions_and_takes_no_new_ones() {
     let mut nodes = HashSet::new();
     for _ in 0..4 {
         let sid = handshake(limpet.addr()).await;
-        nodes.insert(connect_whoami(limpet.addr(), &sid).await);
+        nodes.insert(whoami(limpet.addr(), &sid, 1).await);
     }
     assert_eq!(nodes, HashSet::from(["n2".to_string()]));
 
@@ -227,7 +159,10 @@ async fn a_drained_node_keeps_its_sessions_and_takes_no_new_ones() {
 async fn drain_in_the_config_and_through_the_api() {
     let a = HttpBackend::start("a").await;
     let b = HttpBackend::start("b").await;
-    let servers = [server(a.addr, ""), server(b.addr, "drain = true")];
+    let servers = [
+        server_table(a.addr, ""),
+        server_table(b.addr, "drain = true"),
+    ];
     let limpet = Limpet::start(&config("round_robin", "", &servers));
     let st: Value =
         serde_json::from_slice(&get(limpet.admin.unwrap(), "/status").await.body).unwrap();

@@ -17,24 +17,10 @@ fn config(
     location_keys: &str,
     servers: &[(SocketAddr, &str)],
 ) -> String {
-    let mut s = simple_config(balance, &[], upstream_keys, "").replace(
+    servers_config(balance, upstream_keys, servers).replace(
         "connect_timeout = \"1s\"",
         &format!("connect_timeout = \"1s\"\n{location_keys}"),
-    );
-    for (addr, keys) in servers {
-        s.push_str(&format!(
-            "[[upstream.app.server]]\naddr = \"{addr}\"\n{keys}\n"
-        ));
-    }
-    s
-}
-
-async fn backends(names: &[&str]) -> Vec<HttpBackend> {
-    let mut out = Vec::new();
-    for n in names {
-        out.push(HttpBackend::start(n).await);
-    }
-    out
+    )
 }
 
 /// Stops a backend and waits until its port refuses connections.
@@ -55,13 +41,6 @@ async fn refusing_addr() -> SocketAddr {
     let b = HttpBackend::start("gone").await;
     kill(&b).await;
     b.addr
-}
-
-/// `GET path` that must succeed; returns the answering backend's name.
-async fn ok(addr: SocketAddr, path: &str) -> String {
-    let resp = get(addr, path).await;
-    assert_eq!(resp.status, 200, "{path}: {}", resp.text());
-    resp.text()
 }
 
 fn assert_plain_error(resp: &Resp, status: u16) {
@@ -90,12 +69,12 @@ async fn a_killed_backend_loses_its_traffic_to_the_others() {
         &[(b[0].addr, ""), (b[1].addr, ""), (b[2].addr, "")],
     ));
     for i in 0..6 {
-        ok(limpet.addr(), &format!("/{i}")).await;
+        who(limpet.addr(), &format!("/{i}")).await;
     }
     assert_eq!(b[1].hits(), 2);
     kill(&b[1]).await;
     for i in 0..30 {
-        let name = ok(limpet.addr(), &format!("/after{i}")).await;
+        let name = who(limpet.addr(), &format!("/after{i}")).await;
         assert_ne!(name, "b");
     }
     assert_eq!(b[0].hits() + b[2].hits(), 4 + 30);
@@ -128,7 +107,7 @@ async fn a_request_in_flight_on_a_killed_backend_gets_502_at_once() {
     assert_plain_error(&resp, 502);
     let other = &b[1 - victim];
     for i in 0..5 {
-        assert_eq!(ok(addr, &format!("/{i}")).await, other.name);
+        assert_eq!(who(addr, &format!("/{i}")).await, other.name);
     }
 }
 
@@ -146,17 +125,17 @@ async fn backup_serves_only_while_every_primary_is_down() {
         ],
     ));
     for i in 0..10 {
-        assert_ne!(ok(limpet.addr(), &format!("/{i}")).await, "backup");
+        assert_ne!(who(limpet.addr(), &format!("/{i}")).await, "backup");
     }
     assert_eq!(b[2].hits(), 0);
     kill(&b[0]).await;
     for i in 0..5 {
-        assert_eq!(ok(limpet.addr(), &format!("/one{i}")).await, "p2");
+        assert_eq!(who(limpet.addr(), &format!("/one{i}")).await, "p2");
     }
     assert_eq!(b[2].hits(), 0, "the backup took traffic while p2 was up");
     kill(&b[1]).await;
     for i in 0..10 {
-        assert_eq!(ok(limpet.addr(), &format!("/none{i}")).await, "backup");
+        assert_eq!(who(limpet.addr(), &format!("/none{i}")).await, "backup");
     }
 }
 
@@ -175,24 +154,24 @@ async fn a_restarted_primary_takes_traffic_back_from_the_backup() {
             (backup.addr, "backup = true"),
         ],
     ));
-    assert_eq!(ok(limpet.addr(), "/").await, "primary");
+    assert_eq!(who(limpet.addr(), "/").await, "primary");
     let port = primary.addr;
     kill(&primary).await;
     drop(primary);
     for i in 0..5 {
-        assert_eq!(ok(limpet.addr(), &format!("/down{i}")).await, "backup");
+        assert_eq!(who(limpet.addr(), &format!("/down{i}")).await, "backup");
     }
     let primary = HttpBackend::start_on("primary", port).await;
     let addr = limpet.addr();
     eventually(
         WAIT,
         "a request served by the restarted primary",
-        || async move { (ok(addr, "/back").await == "primary").then_some(()) },
+        || async move { (who(addr, "/back").await == "primary").then_some(()) },
     )
     .await;
     let backup_hits = backup.hits();
     for i in 0..10 {
-        assert_eq!(ok(addr, &format!("/up{i}")).await, "primary");
+        assert_eq!(who(addr, &format!("/up{i}")).await, "primary");
     }
     assert_eq!(backup.hits(), backup_hits);
     assert!(primary.hits() >= 11);
@@ -213,17 +192,17 @@ async fn a_restarted_server_rejoins_the_rotation() {
     kill(&a).await;
     drop(a);
     for i in 0..4 {
-        assert_eq!(ok(limpet.addr(), &format!("/{i}")).await, "b");
+        assert_eq!(who(limpet.addr(), &format!("/{i}")).await, "b");
     }
     let a = HttpBackend::start_on("a", port).await;
     let addr = limpet.addr();
     eventually(WAIT, "the restarted server to be picked", || async move {
-        (ok(addr, "/again").await == "a").then_some(())
+        (who(addr, "/again").await == "a").then_some(())
     })
     .await;
     let before = (a.hits(), b.hits());
     for i in 0..10 {
-        ok(addr, &format!("/rr{i}")).await;
+        who(addr, &format!("/rr{i}")).await;
     }
     assert_eq!((a.hits() - before.0, b.hits() - before.1), (5, 5));
 }
@@ -276,7 +255,7 @@ async fn a_down_server_takes_nothing() {
         &[(b[0].addr, ""), (b[1].addr, "down = true"), (b[2].addr, "")],
     ));
     for i in 0..20 {
-        assert_ne!(ok(limpet.addr(), &format!("/{i}")).await, "b");
+        assert_ne!(who(limpet.addr(), &format!("/{i}")).await, "b");
     }
     assert_eq!(b[1].hits(), 0);
     assert_eq!((b[0].hits(), b[2].hits()), (10, 10));
@@ -291,7 +270,7 @@ async fn only_down_primaries_leave_it_to_the_backup_and_nothing_usable_is_502() 
         "",
         &[(b[0].addr, "down = true"), (b[1].addr, "backup = true")],
     ));
-    assert_eq!(ok(with_backup.addr(), "/").await, "backup");
+    assert_eq!(who(with_backup.addr(), "/").await, "backup");
     let all_down = Limpet::start(&config(
         "least_conn",
         "",
@@ -380,7 +359,7 @@ async fn a_connect_timeout_is_retried_on_another_server() {
         &[(hole.addr, ""), (alive.addr, "")],
     ));
     for i in 0..3 {
-        assert_eq!(ok(limpet.addr(), &format!("/{i}")).await, "alive");
+        assert_eq!(who(limpet.addr(), &format!("/{i}")).await, "alive");
     }
     limpet.wait_log("connect timed out", WAIT).await;
 }

@@ -8,6 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use support::metrics::gauge;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -15,15 +16,6 @@ use tokio::net::TcpStream;
 const FLOOD: usize = 5_000;
 /// Most memory one held connection may cost (measured: about 21 KiB, hyper's 8 KiB read buffer included).
 const PER_CONNECTION_KIB: u64 = 64;
-
-/// Sum of a gauge over its labels, from the admin /metrics.
-async fn gauge(limpet: &Limpet, name: &str) -> i64 {
-    let text = get(limpet.admin.expect("admin"), "/metrics").await.text();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as i64
-}
 
 /// Opens FLOOD connections in batches; each sends the start of a request head and then nothing.
 async fn flood(addr: SocketAddr) -> Vec<TcpStream> {

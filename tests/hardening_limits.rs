@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::backend::RawReply;
+use support::metrics::gauge;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -36,15 +37,6 @@ async fn exchange(s: &mut TcpStream, req: &str) -> Option<String> {
 async fn wait_closed(s: &mut TcpStream, within: Duration, what: &str) {
     let (_, closed) = read_until_close(s, within).await;
     assert!(closed, "{what}: still open after {within:?}");
-}
-
-/// Sum of a gauge over its labels, from the admin /metrics.
-async fn gauge(limpet: &Limpet, name: &str) -> i64 {
-    let text = get(limpet.admin.expect("admin"), "/metrics").await.text();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -17,6 +17,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use support::polling::{handshake, post, whoami, ws_read};
 use support::*;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -149,11 +150,6 @@ async fn answer(
 // ---------------------------------------------------------------------------------------------------------------
 // Config and admin helpers.
 
-/// One `[[upstream.app.server]]` with extra keys.
-fn server(addr: SocketAddr, keys: &str) -> String {
-    format!("\n[[upstream.app.server]]\naddr = \"{addr}\"\n{keys}\n")
-}
-
 /// Listener + admin, location "/" → upstream "app" with these servers and tables.
 fn config(balance: &str, location_keys: &str, servers: &[String], tables: &str) -> String {
     format!(
@@ -171,13 +167,7 @@ async fn status(l: &Limpet) -> Value {
 /// The /status entry of one server of upstream "app".
 async fn server_status(l: &Limpet, addr: SocketAddr) -> Value {
     let st = status(l).await;
-    st["upstreams"]["app"]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["addr"] == addr.to_string())
-        .cloned()
-        .unwrap_or_else(|| panic!("{addr} not in /status: {st}"))
+    server_entry(&st, addr)
 }
 
 async fn state(l: &Limpet, addr: SocketAddr) -> String {
@@ -222,7 +212,7 @@ async fn bodies(addr: SocketAddr, n: usize) -> Vec<String> {
 async fn a_server_answering_500_is_marked_down_and_gets_no_client_after() {
     let good = HttpBackend::start("good").await;
     let bad = Switch::start("bad", Mode::Ok).await;
-    let servers = [server(good.addr, ""), server(bad.addr, "")];
+    let servers = [server_table(good.addr, ""), server_table(bad.addr, "")];
     let limpet = Limpet::start(&config("round_robin", "", &servers, CHECKS));
     wait_state(&limpet, bad.addr, "up").await;
     wait_state(&limpet, good.addr, "up").await;
@@ -244,7 +234,7 @@ async fn a_server_answering_500_is_marked_down_and_gets_no_client_after() {
 async fn a_server_that_never_answers_is_marked_down() {
     let good = HttpBackend::start("good").await;
     let mute = Switch::start("mute", Mode::Ok).await;
-    let servers = [server(good.addr, ""), server(mute.addr, "")];
+    let servers = [server_table(good.addr, ""), server_table(mute.addr, "")];
     let limpet = Limpet::start(&config("round_robin", "", &servers, CHECKS));
     wait_state(&limpet, mute.addr, "up").await;
 
@@ -264,7 +254,10 @@ async fn a_server_refusing_connections_is_marked_down_and_up_when_it_returns() {
     let good = HttpBackend::start("good").await;
     let gone = HttpBackend::start("gone").await;
     let addr = gone.addr;
-    let servers = [server(good.addr, ""), server(addr, "max_fails = 0")];
+    let servers = [
+        server_table(good.addr, ""),
+        server_table(addr, "max_fails = 0"),
+    ];
     let limpet = Limpet::start(&config("round_robin", "", &servers, CHECKS));
     wait_state(&limpet, addr, "up").await;
 
@@ -285,7 +278,7 @@ async fn an_engineio_check_passes_only_on_an_open_packet() {
     let limpet = Limpet::start(&config(
         "round_robin",
         "",
-        &[server(plain.addr, "")],
+        &[server_table(plain.addr, "")],
         tables,
     ));
     wait_state(&limpet, plain.addr, "down").await;
@@ -303,7 +296,12 @@ async fn a_checked_server_starts_checking_and_takes_traffic_after_its_first_pass
     let slow = Switch::start("slow", Mode::Hang).await;
     // Long interval and timeout: no check can end before the test releases the hanging one.
     let tables = "[upstream.app.health_check]\npath = \"/health\"\ninterval = \"10s\"\ntimeout = \"8s\"\npasses = 3\n";
-    let limpet = Limpet::start(&config("round_robin", "", &[server(slow.addr, "")], tables));
+    let limpet = Limpet::start(&config(
+        "round_robin",
+        "",
+        &[server_table(slow.addr, "")],
+        tables,
+    ));
     // limpet serves at once: the server is "checking", so the request is answered by limpet itself.
     assert_eq!(state(&limpet, slow.addr).await, "checking");
     assert_eq!(get(limpet.addr(), "/x").await.status, 502);
@@ -331,7 +329,10 @@ async fn a_checked_server_starts_checking_and_takes_traffic_after_its_first_pass
 async fn a_passive_mark_is_lifted_by_an_active_pass() {
     let s = Switch::start("s", Mode::Ok).await;
     let tables = "[upstream.app.health_check]\npath = \"/health\"\ninterval = \"200ms\"\ntimeout = \"8s\"\nfails = 5\npasses = 1\n";
-    let servers = [server(s.addr, "max_fails = 1\nfail_timeout = \"120s\"")];
+    let servers = [server_table(
+        s.addr,
+        "max_fails = 1\nfail_timeout = \"120s\"",
+    )];
     let limpet = Limpet::start(&config("round_robin", "", &servers, tables));
     wait_state(&limpet, s.addr, "up").await;
 
@@ -354,7 +355,7 @@ async fn a_passive_mark_is_lifted_by_an_active_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_active_checks_a_passive_mark_ends_after_fail_timeout() {
     let s = Switch::start("s", Mode::Ok).await;
-    let servers = [server(s.addr, "max_fails = 1\nfail_timeout = \"5s\"")];
+    let servers = [server_table(s.addr, "max_fails = 1\nfail_timeout = \"5s\"")];
     let limpet = Limpet::start(&config("round_robin", "", &servers, ""));
     assert_eq!(get(limpet.addr(), "/x").await.text(), "s");
     assert_eq!(get(limpet.addr(), "/fail").await.status, 502);
@@ -377,9 +378,9 @@ async fn a_backup_serves_while_the_primaries_are_down_and_hands_back() {
     let (a1, a2) = (p1.addr, p2.addr);
     // No passive marks on the primaries: only the active checks take them out.
     let servers = [
-        server(a1, "max_fails = 0"),
-        server(a2, "max_fails = 0"),
-        server(b.addr, "backup = true"),
+        server_table(a1, "max_fails = 0"),
+        server_table(a2, "max_fails = 0"),
+        server_table(b.addr, "backup = true"),
     ];
     let limpet = Limpet::start(&config("round_robin", "", &servers, CHECKS));
     for a in [a1, a2, b.addr] {
@@ -408,76 +409,6 @@ async fn a_backup_serves_while_the_primaries_are_down_and_hands_back() {
 // ---------------------------------------------------------------------------------------------------------------
 // Socket.IO sessions: backups, dead sessions, and checks that leave no sessions behind.
 
-/// The sid of an Engine.IO v4 open packet.
-fn sid_of(open: &str) -> String {
-    let v: Value = serde_json::from_str(open.trim_start_matches('0')).unwrap();
-    v["sid"].as_str().unwrap().to_string()
-}
-
-/// Opens an Engine.IO v4 polling session through limpet.
-async fn handshake(addr: SocketAddr) -> String {
-    let r = get(addr, "/socket.io/?EIO=4&transport=polling").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    sid_of(&r.text())
-}
-
-async fn post(addr: SocketAddr, sid: &str, payload: &str) -> Resp {
-    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
-    let ct = [("content-type", "text/plain;charset=UTF-8")];
-    request(addr, "POST", &path, &ct, payload.to_string())
-        .await
-        .unwrap()
-}
-
-async fn poll(addr: SocketAddr, sid: &str) -> String {
-    let r = get(
-        addr,
-        &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
-}
-
-/// The node of a session, asked through limpet: Socket.IO connect, then the `whoami` event with ack id `ack`.
-async fn whoami(addr: SocketAddr, sid: &str, ack: u32) -> String {
-    if ack == 1 {
-        assert_eq!(post(addr, sid, "40").await.status, 200);
-        assert!(poll(addr, sid).await.starts_with("40"));
-    }
-    assert_eq!(
-        post(addr, sid, &format!("42{ack}[\"whoami\"]"))
-            .await
-            .status,
-        200
-    );
-    let answer = poll(addr, sid).await;
-    let packet = answer
-        .split('\x1e')
-        .find_map(|p| p.strip_prefix(&format!("43{ack}")))
-        .unwrap_or_else(|| panic!("no whoami answer in {answer:?}"));
-    let v: Value = serde_json::from_str(packet).unwrap();
-    v[0]["node"].as_str().unwrap().to_string()
-}
-
-/// Reads WebSocket text messages until one starts with `prefix` (answering server pings).
-async fn ws_read(ws: &mut Ws, prefix: &str) -> String {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("websocket read timed out")
-            .expect("websocket closed")
-            .unwrap();
-        if let Message::Text(t) = msg {
-            if t == "2" {
-                ws.send(Message::Text("3".into())).await.unwrap();
-            } else if t.starts_with(prefix) {
-                return t.to_string();
-            }
-        }
-    }
-}
-
 /// The node behind a Socket.IO WebSocket (connects the namespace first when `ack` is 1).
 async fn ws_whoami(ws: &mut Ws, ack: u32) -> String {
     if ack == 1 {
@@ -498,7 +429,10 @@ const EIO_CHECKS: &str = "[upstream.app.health_check]\npath = \"/socket.io/?EIO=
 async fn sessions_on_a_backup_stay_there_when_a_primary_returns() {
     let mut fleet = NodeFleet::start(2, &[]);
     let (n1, n2) = (fleet.nodes[0].addr, fleet.nodes[1].addr);
-    let servers = [server(n1, "max_fails = 0"), server(n2, "backup = true")];
+    let servers = [
+        server_table(n1, "max_fails = 0"),
+        server_table(n2, "backup = true"),
+    ];
     let limpet = Limpet::start(&config("sid", "", &servers, EIO_CHECKS));
     wait_state(&limpet, n1, "up").await;
     wait_state(&limpet, n2, "up").await;
@@ -531,7 +465,7 @@ async fn sessions_on_a_backup_stay_there_when_a_primary_returns() {
 async fn sessions_of_a_server_that_goes_down_are_dropped() {
     let mut fleet = NodeFleet::start(2, &[]);
     let addrs = fleet.addrs();
-    let servers: Vec<String> = addrs.iter().map(|a| server(*a, "")).collect();
+    let servers: Vec<String> = addrs.iter().map(|a| server_table(*a, "")).collect();
     let limpet = Limpet::start(&config("sid", "", &servers, EIO_CHECKS));
     for a in &addrs {
         wait_state(&limpet, *a, "up").await;
@@ -571,7 +505,7 @@ async fn checks_leave_no_sessions(version: &str, eio: &str) {
     let fleet = NodeFleet::start(1, &["--version", version]);
     let node = fleet.nodes[0].addr;
     let tables = format!("[upstream.app.health_check]\npath = \"/socket.io/?EIO={eio}&transport=polling\"\ninterval = \"200ms\"\ntimeout = \"1s\"\n");
-    let limpet = Limpet::start(&config("sid", "", &[server(node, "")], &tables));
+    let limpet = Limpet::start(&config("sid", "", &[server_table(node, "")], &tables));
     wait_state(&limpet, node, "up").await;
     // Sessions the node forgot on its own would linger for its ping timeout (45 s): well past this wait.
     eventually(WAIT, "5 checks done and no session left open", || async {

@@ -2,9 +2,13 @@
 //! extraction, the PROXY protocol parser and the raw request-head scanner. None may panic on any input, and
 //! each finds exactly what was put in. The fuzz targets in fuzz/ explore the same functions by coverage.
 
+#[path = "support/encode.rs"]
+mod encode;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
+use encode::percent_encode;
 use limpet::proxy::HeadScan;
 use limpet::proxy_protocol::{self, ProxyHeader};
 use limpet::sticky::engineio::{
@@ -21,17 +25,6 @@ fn sid() -> impl Strategy<Value = String> {
 /// Query text around a sid: other parameters, none named `sid`.
 fn params() -> impl Strategy<Value = Vec<(String, String)>> {
     proptest::collection::vec(("[a-rt-z][a-z0-9]{0,6}", "[A-Za-z0-9._~-]{0,8}"), 0..5)
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 proptest! {

@@ -3,9 +3,6 @@
 //! Every instance places unknown sids with `fallback = "round_robin"` over three nodes, so a request routed
 //! without knowing its session lands on a wrong node two times out of three.
 
-#[allow(dead_code)]
-#[path = "socketio_sticky/eio.rs"]
-mod eio;
 mod support;
 
 use std::net::SocketAddr;
@@ -14,18 +11,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eio::{json, poll_path, Conn, Reply, POLL};
-use serde_json::Value;
+use support::eio::{self, json, poll_path, Conn, Exchange, Reply, SESSION_UNKNOWN};
+use support::metrics::{lookups, metric};
 use support::node::Node;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const WAIT: Duration = Duration::from_secs(20);
-/// Bound on one client.js run, in ms.
-const RUN_TIMEOUT: &str = "60000";
 const KEY_PREFIX: &str = "limpet:sid:";
-const SESSION_UNKNOWN: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_alternating_between_two_instances_stays_on_its_node() {
@@ -36,7 +30,7 @@ async fn a_session_alternating_between_two_instances_stays_on_its_node() {
 
     for round in 0..3 {
         let mut alt = Alt::new(&[a.addr(), b.addr()]).await;
-        let sid = alt.handshake().await;
+        let sid = eio::open(&mut alt).await;
         let owner = redis
             .get(&format!("{KEY_PREFIX}{sid}"))
             .await
@@ -44,10 +38,10 @@ async fn a_session_alternating_between_two_instances_stays_on_its_node() {
         let node = fleet
             .id_of(&owner)
             .expect("Redis names a server by its address");
-        alt.connect_ns(&sid).await;
+        eio::connect_ns(&mut alt, &sid).await;
         for n in 1..=6 {
             assert_eq!(
-                alt.whoami(&sid, n).await,
+                eio::whoami(&mut alt, &sid, n).await,
                 node,
                 "session {round}, whoami {n}"
             );
@@ -55,7 +49,7 @@ async fn a_session_alternating_between_two_instances_stays_on_its_node() {
         assert!(alt.sent[1] >= 7, "B took its share: {:?}", alt.sent);
     }
     for (name, limpet) in [("A", &a), ("B", &b)] {
-        let m = metrics(limpet).await;
+        let m = limpet.metrics().await;
         assert_eq!(
             metric(&m, "limpet_sticky_store_errors_total", &[]),
             0.0,
@@ -92,7 +86,7 @@ async fn socket_io_clients_behind_an_l4_round_robin_over_two_instances() {
     let (a, b) = (Limpet::start(&config), Limpet::start(&config));
     let l4 = Forwarder::start(vec![a.addr(), b.addr()]).await;
 
-    let r = clients(&l4.url(), "--clients 20 --emits 10 --transports polling").await;
+    let r = SioClient::run_to_end(&l4.url(), "--clients 20 --emits 10 --transports polling").await;
     assert_clean(&r, 20, 10);
     assert_eq!(r["transports"]["polling"], 20, "{r}");
     let spread = l4.connections();
@@ -100,7 +94,7 @@ async fn socket_io_clients_behind_an_l4_round_robin_over_two_instances() {
         spread.iter().all(|&n| n > 0),
         "connections per instance {spread:?}"
     );
-    let (ma, mb) = (metrics(&a).await, metrics(&b).await);
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
     let learned = |m: &str| metric(m, "limpet_sticky_learned_total", &[]);
     assert_eq!(
         learned(&ma) + learned(&mb),
@@ -120,7 +114,7 @@ async fn socket_io_clients_behind_an_l4_round_robin_over_two_instances() {
     let config = sid_config(&fleet.addrs(), "");
     let (a, b) = (Limpet::start(&config), Limpet::start(&config));
     let l4 = Forwarder::start(vec![a.addr(), b.addr()]).await;
-    let r = clients(&l4.url(), "--clients 10 --emits 5 --transports polling").await;
+    let r = SioClient::run_to_end(&l4.url(), "--clients 10 --emits 5 --transports polling").await;
     let failed = r["connect_errors"].as_u64().unwrap() + r["emit_errors"].as_u64().unwrap();
     assert!(failed > 0, "without a shared store, sessions break: {r}");
 }
@@ -134,14 +128,14 @@ async fn with_redis_stopped_known_sessions_keep_routing_and_new_ones_still_open(
 
     // A session both instances know (B learned it from Redis on its first request).
     let mut alt = Alt::new(&[a.addr(), b.addr()]).await;
-    let sid = alt.handshake().await;
-    alt.connect_ns(&sid).await;
-    let node = alt.whoami(&sid, 1).await;
+    let sid = eio::open(&mut alt).await;
+    eio::connect_ns(&mut alt, &sid).await;
+    let node = eio::whoami(&mut alt, &sid, 1).await;
 
     redis.stop();
     for n in 2..=8 {
         assert_eq!(
-            alt.whoami(&sid, n).await,
+            eio::whoami(&mut alt, &sid, n).await,
             node,
             "whoami {n} with Redis down"
         );
@@ -152,7 +146,7 @@ async fn with_redis_stopped_known_sessions_keep_routing_and_new_ones_still_open(
         assert!(!fresh.is_empty());
     }
     a.wait_log("session store unavailable", WAIT).await;
-    let m = metrics(&a).await;
+    let m = a.metrics().await;
     assert!(
         metric(&m, "limpet_sticky_store_errors_total", &[]) > 0.0,
         "{m}"
@@ -164,7 +158,7 @@ async fn with_redis_stopped_known_sessions_keep_routing_and_new_ones_still_open(
     let key = format!("{KEY_PREFIX}{sid}");
     let deadline = std::time::Instant::now() + WAIT;
     for n in 9.. {
-        assert_eq!(alt.whoami(&sid, n).await, node);
+        assert_eq!(eio::whoami(&mut alt, &sid, n).await, node);
         let back = a
             .logs()
             .iter()
@@ -195,9 +189,9 @@ async fn a_restarted_instance_routes_known_sessions_from_redis_on_their_first_re
         sessions.push(eio::session(a.addr(), [127, 0, 0, 1]).await);
     }
     let mut alt = Alt::new(&[a.addr(), b.addr()]).await;
-    let shared = alt.handshake().await;
-    alt.connect_ns(&shared).await;
-    sessions.push((shared.clone(), alt.whoami(&shared, 1).await));
+    let shared = eio::open(&mut alt).await;
+    eio::connect_ns(&mut alt, &shared).await;
+    sessions.push((shared.clone(), eio::whoami(&mut alt, &shared, 1).await));
 
     drop(b);
     let b = Limpet::start(&config);
@@ -209,7 +203,7 @@ async fn a_restarted_instance_routes_known_sessions_from_redis_on_their_first_re
             "{sid} on the new B"
         );
     }
-    let m = metrics(&b).await;
+    let m = b.metrics().await;
     assert_eq!(lookups(&m, "miss"), 0.0, "{m}");
     assert_eq!(metric(&m, "limpet_sticky_learned_total", &[]), 0.0, "{m}");
     assert!(lookups(&m, "hit") >= sessions.len() as f64, "{m}");
@@ -232,7 +226,7 @@ async fn a_restarted_instance_routes_known_sessions_from_redis_on_their_first_re
             .await;
         assert_eq!((r.status, r.body.as_str()), (400, SESSION_UNKNOWN), "{r:?}");
     }
-    assert_eq!(lookups(&metrics(&c).await, "dead"), 1.0);
+    assert_eq!(lookups(&c.metrics().await, "dead"), 1.0);
     let mut conn = Conn::open(c.addr(), [127, 0, 0, 1]).await;
     for (sid, node) in &sessions[1..3] {
         assert_eq!(&eio::whoami(&mut conn, sid, 3).await, node, "{sid} on C");
@@ -251,15 +245,15 @@ async fn sid_prefix_routes_across_two_instances_with_no_store() {
 
     for _ in 0..3 {
         let mut alt = Alt::new(&[a.addr(), b.addr()]).await;
-        let sid = alt.handshake().await;
+        let sid = eio::open(&mut alt).await;
         let (route, _) = sid.split_once('.').expect("a prefixed sid");
-        alt.connect_ns(&sid).await;
+        eio::connect_ns(&mut alt, &sid).await;
         for n in 1..=4 {
-            assert_eq!(alt.whoami(&sid, n).await, route, "{sid}");
+            assert_eq!(eio::whoami(&mut alt, &sid, n).await, route, "{sid}");
         }
     }
     let l4 = Forwarder::start(vec![a.addr(), b.addr()]).await;
-    let r = clients(&l4.url(), "--clients 10 --emits 5 --transports polling").await;
+    let r = SioClient::run_to_end(&l4.url(), "--clients 10 --emits 5 --transports polling").await;
     assert_clean(&r, 10, 5);
 
     // Any sid with a known route goes to that server; an unknown route is placed by the fallback.
@@ -327,7 +321,7 @@ async fn a_reload_applies_new_session_ttl_and_key_prefix_to_the_store() {
             "reload {n}: {prefix}{sid} expires in {ttl}"
         );
     }
-    let m = metrics(&limpet).await;
+    let m = limpet.metrics().await;
     assert_eq!(
         metric(&m, "limpet_sticky_store_errors_total", &[]),
         0.0,
@@ -350,7 +344,8 @@ fn a_bad_redis_url_is_a_check_error_with_its_key_path() {
 
 // ---- an Engine.IO session whose requests alternate between instances ---------------------------------------
 
-/// Raw Engine.IO v4 polling requests sent in turn over one keep-alive connection to each instance.
+/// Raw Engine.IO v4 polling requests sent in turn over one keep-alive connection to each instance, the first to
+/// the first instance (A): a session opened on it is opened on A.
 struct Alt {
     conns: Vec<Conn>,
     next: usize,
@@ -370,60 +365,14 @@ impl Alt {
             next: 0,
         }
     }
+}
 
-    async fn send(&mut self, method: &str, target: &str, body: &str) -> Reply {
+impl Exchange for Alt {
+    async fn send(&mut self, method: &str, target: &str, headers: &str, body: &str) -> Reply {
         let i = self.next % self.conns.len();
         self.next += 1;
         self.sent[i] += 1;
-        self.conns[i].send(method, target, "", body).await
-    }
-
-    /// Opens a session on the next instance (the first: A).
-    async fn handshake(&mut self) -> String {
-        let r = self.send("GET", POLL, "").await;
-        assert_eq!(r.status, 200, "{r:?}");
-        let packet = r.body.strip_prefix('0').expect("open packet");
-        json(packet)["sid"].as_str().expect("sid").to_string()
-    }
-
-    async fn post(&mut self, sid: &str, packet: &str) {
-        let r = self.send("POST", &poll_path(sid), packet).await;
-        assert_eq!(
-            (r.status, r.body.as_str()),
-            (200, "ok"),
-            "POST {packet}: {r:?}"
-        );
-    }
-
-    /// Polls until a packet starting with `prefix` arrives (answering pings); returns the rest of it.
-    async fn read_packet(&mut self, sid: &str, prefix: &str) -> String {
-        for _ in 0..4 {
-            let r = self.send("GET", &poll_path(sid), "").await;
-            assert_eq!(r.status, 200, "GET for {sid}: {r:?}");
-            let mut found = None;
-            for p in r.body.split('\x1e') {
-                if p == "2" {
-                    self.post(sid, "3").await;
-                } else if let Some(rest) = p.strip_prefix(prefix).filter(|_| found.is_none()) {
-                    found = Some(rest.to_string());
-                }
-            }
-            if let Some(rest) = found {
-                return rest;
-            }
-        }
-        panic!("no {prefix} packet for {sid}");
-    }
-
-    async fn connect_ns(&mut self, sid: &str) {
-        self.post(sid, "40").await;
-        self.read_packet(sid, "40").await;
-    }
-
-    /// One acknowledged whoami (ack id `n`): the node that answered.
-    async fn whoami(&mut self, sid: &str, n: u32) -> String {
-        self.post(sid, &format!("42{n}[\"whoami\"]")).await;
-        eio::ack_node(&self.read_packet(sid, &format!("43{n}")).await, sid)
+        self.conns[i].send(method, target, headers, body).await
     }
 }
 
@@ -650,64 +599,4 @@ fn route_config(servers: &[(SocketAddr, String)], sticky: &str) -> String {
         ));
     }
     s
-}
-
-/// Runs client.js against `url` to its end.
-async fn clients(url: &str, args: &str) -> Value {
-    let url = url.to_string();
-    let args = format!("{args} --timeout {RUN_TIMEOUT}");
-    tokio::task::spawn_blocking(move || {
-        SioClient::run(&url, &args.split_whitespace().collect::<Vec<_>>())
-    })
-    .await
-    .expect("client.js")
-}
-
-/// Every client connected, every emit acknowledged, no error, no client answered by two nodes.
-fn assert_clean(r: &Value, clients: u64, emits: u64) {
-    assert_eq!(r["connected"], clients, "{r}");
-    assert_eq!(r["emits_ok"], clients * emits, "{r}");
-    for zero in [
-        "connect_errors",
-        "emit_errors",
-        "disconnects",
-        "node_changes",
-        "sid_changes",
-        "unfinished",
-    ] {
-        assert_eq!(r[zero], 0, "{zero}: {r}");
-    }
-    assert_eq!(r["timed_out"], false, "{r}");
-    assert_eq!(r["errors"].as_array().map(Vec::len), Some(0), "{r}");
-}
-
-async fn metrics(limpet: &Limpet) -> String {
-    get(limpet.admin.expect("admin listener"), "/metrics")
-        .await
-        .text()
-}
-
-/// `limpet_sticky_lookups_total` with this result.
-fn lookups(metrics: &str, result: &str) -> f64 {
-    metric(
-        metrics,
-        "limpet_sticky_lookups_total",
-        &[("result", result)],
-    )
-}
-
-/// Sum of the samples of `name` whose labels include all of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            let wanted = metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            wanted.then_some(value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
 }

@@ -1,22 +1,18 @@
 //! Socket.IO session stickiness (`balance = "sid"`) against real Socket.IO fleets: three Node nodes on port 0
 //! that report their node id, limpet in front, `socket.io-client` (no cookie jar) and raw Engine.IO clients.
 
-#[path = "socketio_sticky/eio.rs"]
-mod eio;
 mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use eio::*;
 use serde_json::Value;
-use support::node::Node;
+use support::eio::*;
+use support::metrics::{lookups, metric};
+use support::node::{Node, RUN_TIMEOUT};
 use support::*;
 
-/// Bound on one client.js / session.js run, in ms.
-const RUN_TIMEOUT: &str = "60000";
 const WAIT: Duration = Duration::from_secs(20);
-const SESSION_UNKNOWN: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_clients_emit_without_errors() {
@@ -26,7 +22,7 @@ async fn polling_clients_emit_without_errors() {
     assert_clean(&r, 100, 20);
     assert_eq!(r["transports"]["polling"], 100, "{r}");
     assert_eq!(node_counts(&r).len(), 3, "every node takes sessions: {r}");
-    let m = metrics(&limpet).await;
+    let m = limpet.metrics().await;
     assert_eq!(metric(&m, "limpet_sticky_learned_total", &[]), 100.0, "{m}");
     assert!(lookups(&m, "hit") >= 4000.0);
     assert_eq!(lookups(&m, "dead"), 0.0);
@@ -43,7 +39,7 @@ async fn default_transport_clients_all_upgrade_to_websocket() {
         "every client upgraded: {r}"
     );
     // One tunnel per session, each to the session's own node (a misrouted upgrade is refused by the node).
-    let m = metrics(&limpet).await;
+    let m = limpet.metrics().await;
     assert_eq!(
         metric(&m, "limpet_websocket_tunnels_total", &[]),
         30.0,
@@ -164,7 +160,7 @@ async fn a_session_continued_from_another_slash24_stays_on_its_node() {
             .all(|s| s["status"] == 200 && s["node"] == steps[0]["node"]),
         "{r}"
     );
-    let m = metrics(&sticky).await;
+    let m = sticky.metrics().await;
     assert!(lookups(&m, "hit") > 0.0, "{m}");
 }
 
@@ -185,8 +181,8 @@ async fn a_killed_nodes_sessions_get_400_from_limpet_and_clients_reconnect_elsew
     let vi = fleet.nodes.iter().position(|n| n.id == victim).unwrap();
     let raw_on_victim = raw.iter().filter(|s| s.1 == victim).count() as u64;
 
-    let run = spawn_clients(
-        &limpet,
+    let run = SioClient::spawn(
+        &limpet.url(),
         "--clients 9 --emits 1 --hold 10000 --reconnect --transports polling",
     );
     let total = raw.len() as u64 + 9;
@@ -210,7 +206,7 @@ async fn a_killed_nodes_sessions_get_400_from_limpet_and_clients_reconnect_elsew
     let upgrade = format!(
         "{}&transport=websocket&sid={}",
         "/socket.io/?EIO=4",
-        encode(&b)
+        percent_encode(&b)
     );
     let (reply, closed) = upgrade_request(limpet.addr(), &upgrade).await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
@@ -220,7 +216,7 @@ async fn a_killed_nodes_sessions_get_400_from_limpet_and_clients_reconnect_elsew
     );
     assert!(reply.ends_with(SESSION_UNKNOWN), "{reply}");
     assert!(closed, "limpet closes after refusing the upgrade");
-    let m = metrics(&limpet).await;
+    let m = limpet.metrics().await;
     assert!(lookups(&m, "dead") >= 1.0, "{m}");
 
     // The raw client opens a new session, on a live node.
@@ -297,7 +293,7 @@ async fn custom_sids_with_url_characters_stay_sticky_up_to_128_bytes() {
     let r = clients(&limpet, "--clients 10 --emits 3 --wait-upgrade").await;
     assert_clean(&r, 10, 3);
     assert_eq!(r["transports"]["websocket"], 10, "{r}");
-    let m = metrics(&limpet).await;
+    let m = limpet.metrics().await;
     assert_eq!(metric(&m, "limpet_sticky_learned_total", &[]), 31.0, "{m}");
 }
 
@@ -318,7 +314,7 @@ async fn sids_longer_than_128_bytes_are_unknown_and_go_where_the_fallback_places
             "ip_hash keeps one address on one node"
         );
     }
-    let m = metrics(&limpet).await;
+    let m = limpet.metrics().await;
     assert_eq!(
         metric(&m, "limpet_sticky_learned_total", &[]),
         0.0,
@@ -349,7 +345,7 @@ async fn with_ip_hash_fallback_a_session_survives_a_limpet_restart() {
     for n in 10..13 {
         assert_eq!(whoami(&mut conn, &sid, n).await, node);
     }
-    let m = metrics(&second).await;
+    let m = second.metrics().await;
     let misses = lookups(&m, "miss");
     assert_eq!(
         misses, conn.requests as f64,
@@ -407,7 +403,7 @@ async fn sessions_of_a_server_removed_by_reload_are_answered_by_limpet() {
     limpet.wait_log("config reloaded", WAIT).await;
     // A relayed request is counted against its server, one limpet answers itself against "none".
     let by_limpet = [("server", "none"), ("status", "4xx")];
-    let before = metrics(&limpet).await;
+    let before = limpet.metrics().await;
     let mut conn = Conn::open(limpet.addr(), [127, 0, 0, 1]).await;
     let poll = conn
         .send("POST", &poll_path(&sid), "", "421[\"whoami\"]")
@@ -418,7 +414,7 @@ async fn sessions_of_a_server_removed_by_reload_are_answered_by_limpet() {
         "{poll:?}"
     );
     assert_eq!(poll.header("content-type"), Some("application/json"));
-    let after = metrics(&limpet).await;
+    let after = limpet.metrics().await;
     let relayed = |m: &str| relayed_requests(m, &fleet);
     assert_eq!(
         relayed(&after),
@@ -446,36 +442,9 @@ fn sid_config(servers: &[SocketAddr], sticky: &str) -> String {
     )
 }
 
-/// Starts client.js against limpet on a blocking thread, with `args` (split at spaces) and a bounded timeout.
-fn spawn_clients(limpet: &Limpet, args: &str) -> tokio::task::JoinHandle<Value> {
-    let url = limpet.url();
-    let args = format!("{args} --timeout {RUN_TIMEOUT}");
-    tokio::task::spawn_blocking(move || {
-        SioClient::run(&url, &args.split_whitespace().collect::<Vec<_>>())
-    })
-}
-
 /// Runs client.js against limpet to its end.
 async fn clients(limpet: &Limpet, args: &str) -> Value {
-    spawn_clients(limpet, args).await.expect("client.js")
-}
-
-/// Every client connected, every emit acknowledged, no error, no client answered by two nodes.
-fn assert_clean(r: &Value, clients: u64, emits: u64) {
-    assert_eq!(r["connected"], clients, "{r}");
-    assert_eq!(r["emits_ok"], clients * emits, "{r}");
-    for zero in [
-        "connect_errors",
-        "emit_errors",
-        "disconnects",
-        "node_changes",
-        "sid_changes",
-        "unfinished",
-    ] {
-        assert_eq!(r[zero], 0, "{zero}: {r}");
-    }
-    assert_eq!(r["timed_out"], false, "{r}");
-    assert_eq!(r["errors"].as_array().map(Vec::len), Some(0), "{r}");
+    SioClient::run_to_end(&limpet.url(), args).await
 }
 
 /// (node, clients first answered there), from client.js JSON.
@@ -531,36 +500,5 @@ fn relayed_requests(metrics: &str, fleet: &NodeFleet) -> f64 {
     let servers = fleet.nodes.iter().map(|n| n.addr.to_string());
     servers
         .map(|s| metric(metrics, "limpet_http_requests_total", &[("server", &s)]))
-        .sum()
-}
-
-async fn metrics(limpet: &Limpet) -> String {
-    get(limpet.admin.expect("admin listener"), "/metrics")
-        .await
-        .text()
-}
-
-/// `limpet_sticky_lookups_total` with this result.
-fn lookups(metrics: &str, result: &str) -> f64 {
-    metric(
-        metrics,
-        "limpet_sticky_lookups_total",
-        &[("result", result)],
-    )
-}
-
-/// Sum of the samples of `name` whose labels include all of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            let wanted = metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            wanted.then_some(value.parse::<f64>().ok()).flatten()
-        })
         .sum()
 }

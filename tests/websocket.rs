@@ -52,6 +52,33 @@ async fn start(ws: SocketAddr) -> (Limpet, HttpBackend) {
     (limpet, plain)
 }
 
+/// limpet in front of a raw backend that answers any head with `reply`, and a client connection that has sent
+/// `request`: limpet's answer to it, and the connection to go on with.
+struct Exchanged {
+    limpet: Limpet,
+    plain: HttpBackend,
+    backend: RawBackend,
+    client: TcpStream,
+    answer: String,
+}
+
+async fn exchange(reply: impl Into<Vec<u8>>, request: &[u8]) -> Exchanged {
+    let backend = RawBackend::start(RawReply::AfterHead(reply.into())).await;
+    let (limpet, plain) = start(backend.addr).await;
+    let mut client = TcpStream::connect(limpet.addr()).await.unwrap();
+    client.write_all(request).await.unwrap();
+    let answer = read_response(&mut client, WAIT)
+        .await
+        .expect("limpet's answer");
+    Exchanged {
+        limpet,
+        plain,
+        backend,
+        client,
+        answer,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // A real WebSocket backend and client.
 
@@ -120,19 +147,19 @@ async fn a_close_handshake_from_the_server_is_forwarded_and_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upgrade_keeps_its_websocket_headers_and_drops_those_named_in_connection() {
-    let backend = RawBackend::start(RawReply::AfterHead(
-        format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\nSec-WebSocket-Protocol: chat\r\n\r\n").into_bytes(),
-    ))
-    .await;
-    let (limpet, _plain) = start(backend.addr).await;
-    let mut s = TcpStream::connect(limpet.addr()).await.unwrap();
+    let reply = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\nSec-WebSocket-Protocol: chat\r\n\r\n");
     let req = upgrade_request(
         "/ws/chat?room=1",
         "Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\n\
 Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Extensions: permessage-deflate\r\n",
     );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let resp = read_response(&mut s, WAIT).await.expect("limpet's answer");
+    let Exchanged {
+        limpet: _limpet,
+        plain: _plain,
+        backend,
+        client: mut s,
+        answer: resp,
+    } = exchange(reply, req.as_bytes()).await;
     assert_eq!(status_of(&resp), 101, "{resp}");
     let lower = resp.to_ascii_lowercase();
     assert!(
@@ -270,13 +297,13 @@ async fn a_200_that_keeps_the_socket_open_opens_no_tunnel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_101_with_a_wrong_accept_is_a_502_and_opens_no_tunnel() {
     let wrong = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n";
-    let backend = RawBackend::start(RawReply::AfterHead(wrong.as_bytes().to_vec())).await;
-    let (limpet, plain) = start(backend.addr).await;
-    let mut s = TcpStream::connect(limpet.addr()).await.unwrap();
-    s.write_all(upgrade_request("/ws", "").as_bytes())
-        .await
-        .unwrap();
-    let resp = read_response(&mut s, WAIT).await.expect("limpet's answer");
+    let Exchanged {
+        limpet,
+        plain,
+        backend,
+        client: mut s,
+        answer: resp,
+    } = exchange(wrong, upgrade_request("/ws", "").as_bytes()).await;
     assert_eq!(status_of(&resp), 502, "{resp}");
     // Same connection, still HTTP: the next request is parsed and routed to the plain backend.
     s.write_all(b"GET /after HTTP/1.1\r\nHost: example.test\r\n\r\nnot-a-request")
@@ -304,28 +331,18 @@ async fn a_101_with_a_wrong_accept_is_a_502_and_opens_no_tunnel() {
 async fn a_101_without_an_accept_or_to_a_plain_request_is_a_502() {
     let no_accept =
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-    let backend = RawBackend::start(RawReply::AfterHead(no_accept.as_bytes().to_vec())).await;
-    let (limpet, _plain) = start(backend.addr).await;
-    let mut s = TcpStream::connect(limpet.addr()).await.unwrap();
-    s.write_all(upgrade_request("/ws", "").as_bytes())
-        .await
-        .unwrap();
-    let resp = read_response(&mut s, WAIT).await.expect("limpet's answer");
-    assert_eq!(status_of(&resp), 502, "{resp}");
+    let x = exchange(no_accept, upgrade_request("/ws", "").as_bytes()).await;
+    assert_eq!(status_of(&x.answer), 502, "{}", x.answer);
 
     // A 101 answering a request that asked for no upgrade.
-    let backend = RawBackend::start(RawReply::AfterHead(valid_101().into_bytes())).await;
-    let (limpet, _plain) = start(backend.addr).await;
-    let mut s = TcpStream::connect(limpet.addr()).await.unwrap();
-    s.write_all(b"GET /ws/plain HTTP/1.1\r\nHost: example.test\r\n\r\n")
-        .await
-        .unwrap();
-    let resp = read_response(&mut s, WAIT).await.expect("limpet's answer");
-    assert_eq!(status_of(&resp), 502, "{resp}");
-    s.write_all(b"tunnel? \r\n\r\n").await.unwrap();
-    let (_, closed) = read_until_close(&mut s, WAIT).await;
+    let plain_get = b"GET /ws/plain HTTP/1.1\r\nHost: example.test\r\n\r\n";
+    let mut x = exchange(valid_101(), plain_get).await;
+    assert_eq!(status_of(&x.answer), 502, "{}", x.answer);
+    x.client.write_all(b"tunnel? \r\n\r\n").await.unwrap();
+    let (_, closed) = read_until_close(&mut x.client, WAIT).await;
     assert!(closed, "limpet kept a connection that sent garbage open");
-    assert!(!backend.text().contains("tunnel?"), "{}", backend.text());
+    let received = x.backend.text();
+    assert!(!received.contains("tunnel?"), "{received}");
 }
 
 /// What a case is, its method and its headers.

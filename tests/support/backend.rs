@@ -110,6 +110,15 @@ impl HttpBackend {
     }
 }
 
+/// One HTTP backend per name.
+pub async fn backends(names: &[&str]) -> Vec<HttpBackend> {
+    let mut out = Vec::new();
+    for n in names {
+        out.push(HttpBackend::start(n).await);
+    }
+    out
+}
+
 impl Drop for HttpBackend {
     fn drop(&mut self) {
         self.stop();

@@ -4,7 +4,11 @@
 
 pub mod backend;
 pub mod client;
+pub mod eio;
+mod encode;
+pub mod metrics;
 pub mod node;
+pub mod polling;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -13,9 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use backend::{HttpBackend, RawBackend, WsBackend};
+pub use backend::{backends, HttpBackend, RawBackend, WsBackend};
 pub use client::*;
-pub use node::{NodeFleet, SioClient};
+pub use encode::percent_encode;
+pub use node::{assert_clean, NodeFleet, SioClient};
 
 /// Waits until `f` returns Some, polling every 20 ms, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
@@ -146,6 +151,13 @@ impl Limpet {
         format!("http://{}", self.admin.expect("config has no [admin]"))
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        get(self.admin.expect("config has no [admin]"), "/metrics")
+            .await
+            .text()
+    }
+
     /// Every line limpet wrote to stderr so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
@@ -270,4 +282,40 @@ pub fn simple_config(
     s.push('\n');
     s.push_str(tables);
     s
+}
+
+/// One `[[upstream.app.server]]` table with extra keys (e.g. "weight = 5").
+pub fn server_table(addr: SocketAddr, keys: &str) -> String {
+    format!("\n[[upstream.app.server]]\naddr = \"{addr}\"\n{keys}\n")
+}
+
+/// `simple_config` with no tables, over `servers` each with its extra keys.
+pub fn servers_config(
+    balance: &str,
+    upstream_keys: &str,
+    servers: &[(SocketAddr, &str)],
+) -> String {
+    let mut s = simple_config(balance, &[], upstream_keys, "");
+    for (addr, keys) in servers {
+        s.push_str(&server_table(*addr, keys));
+    }
+    s
+}
+
+/// `GET path` that must answer 200: the body, which is the answering backend's name.
+pub async fn who(addr: SocketAddr, path: &str) -> String {
+    let resp = get(addr, path).await;
+    assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+    resp.text()
+}
+
+/// The entry of server `addr` of upstream "app" in a `/status` document; panics when it is not there.
+pub fn server_entry(status: &serde_json::Value, addr: SocketAddr) -> serde_json::Value {
+    status["upstreams"]["app"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["addr"] == addr.to_string())
+        .cloned()
+        .unwrap_or_else(|| panic!("{addr} not in /status: {status}"))
 }

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Bound on one client.js / session.js run, in ms.
+pub const RUN_TIMEOUT: &str = "60000";
+
 /// The fixture directory.
 pub fn fixture_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/socketio");
@@ -115,6 +118,20 @@ impl SioClient {
         SioClient::script("session.js", url, args)
     }
 
+    /// Starts client.js against `url` on a blocking thread, with `args` (split at spaces) and `RUN_TIMEOUT`.
+    pub fn spawn(url: &str, args: &str) -> tokio::task::JoinHandle<serde_json::Value> {
+        let url = url.to_string();
+        let args = format!("{args} --timeout {RUN_TIMEOUT}");
+        tokio::task::spawn_blocking(move || {
+            SioClient::run(&url, &args.split_whitespace().collect::<Vec<_>>())
+        })
+    }
+
+    /// Runs client.js against `url` to its end (see `spawn`).
+    pub async fn run_to_end(url: &str, args: &str) -> serde_json::Value {
+        SioClient::spawn(url, args).await.expect("client.js")
+    }
+
     fn script(script: &str, url: &str, args: &[&str]) -> serde_json::Value {
         let started = Instant::now();
         let out = Command::new("node")
@@ -139,4 +156,22 @@ impl SioClient {
             });
         serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON from {script}: {e}: {line}"))
     }
+}
+
+/// Every client connected, every emit acknowledged, no error, no client answered by two nodes.
+pub fn assert_clean(r: &serde_json::Value, clients: u64, emits: u64) {
+    assert_eq!(r["connected"], clients, "{r}");
+    assert_eq!(r["emits_ok"], clients * emits, "{r}");
+    for zero in [
+        "connect_errors",
+        "emit_errors",
+        "disconnects",
+        "node_changes",
+        "sid_changes",
+        "unfinished",
+    ] {
+        assert_eq!(r[zero], 0, "{zero}: {r}");
+    }
+    assert_eq!(r["timed_out"], false, "{r}");
+    assert_eq!(r["errors"].as_array().map(Vec::len), Some(0), "{r}");
 }

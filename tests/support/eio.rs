@@ -1,4 +1,4 @@
-//! A raw Engine.IO v4 polling client over one keep-alive HTTP/1.1 connection from a chosen loopback source
+//! A raw Engine.IO v4 polling client over keep-alive HTTP/1.1 connections from a chosen loopback source
 //! address: what the sticky tests need to see exactly which request goes where.
 
 use std::net::SocketAddr;
@@ -8,32 +8,22 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::support::{raw, read_response, status_of};
+use super::{percent_encode, raw, read_response, status_of};
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// limpet's answer to a request for a session whose server is gone.
+pub const SESSION_UNKNOWN: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
 
 /// Parses JSON text, panicking with the text when it is not JSON.
 pub fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("bad JSON {text:?}: {e}"))
 }
 
-/// A percent-encoded query value (what socket.io-client sends).
-pub fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 pub const POLL: &str = "/socket.io/?EIO=4&transport=polling";
 
 pub fn poll_path(sid: &str) -> String {
-    format!("{POLL}&sid={}", encode(sid))
+    format!("{POLL}&sid={}", percent_encode(sid))
 }
 
 /// A response read whole from a raw connection.
@@ -51,6 +41,13 @@ impl Reply {
             k.eq_ignore_ascii_case(name).then_some(v.trim())
         })
     }
+}
+
+/// Sends one request and reads its response: over one connection, or over several taken in turn.
+#[allow(async_fn_in_trait)]
+pub trait Exchange {
+    /// Sends `method target` with extra `headers` (each ending in CRLF) and a text body; panics without a reply.
+    async fn send(&mut self, method: &str, target: &str, headers: &str, body: &str) -> Reply;
 }
 
 /// One HTTP/1.1 connection to limpet from a chosen loopback source address, kept alive across requests.
@@ -73,9 +70,11 @@ impl Conn {
             requests: 0,
         }
     }
+}
 
+impl Exchange for Conn {
     /// Sends one request and reads its response; panics if the connection closes first.
-    pub async fn send(&mut self, method: &str, target: &str, headers: &str, body: &str) -> Reply {
+    async fn send(&mut self, method: &str, target: &str, headers: &str, body: &str) -> Reply {
         let request = format!(
             "{method} {target} HTTP/1.1\r\nHost: limpet\r\n{headers}Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -131,7 +130,7 @@ pub async fn upgrade_request(to: SocketAddr, target: &str) -> (String, bool) {
 }
 
 /// An Engine.IO v4 handshake: the new session's sid.
-pub async fn open(conn: &mut Conn) -> String {
+pub async fn open(conn: &mut impl Exchange) -> String {
     let r = conn.send("GET", POLL, "", "").await;
     assert_eq!(r.status, 200, "{r:?}");
     let packet = r
@@ -141,7 +140,7 @@ pub async fn open(conn: &mut Conn) -> String {
     json(packet)["sid"].as_str().expect("sid").to_string()
 }
 
-pub async fn post(conn: &mut Conn, sid: &str, packet: &str) {
+pub async fn post(conn: &mut impl Exchange, sid: &str, packet: &str) {
     let r = conn.send("POST", &poll_path(sid), "", packet).await;
     assert_eq!(
         (r.status, r.body.as_str()),
@@ -151,7 +150,7 @@ pub async fn post(conn: &mut Conn, sid: &str, packet: &str) {
 }
 
 /// Polls until a packet starting with `prefix` arrives (answering pings); returns the rest of it.
-pub async fn read_packet(conn: &mut Conn, sid: &str, prefix: &str) -> String {
+pub async fn read_packet(conn: &mut impl Exchange, sid: &str, prefix: &str) -> String {
     for _ in 0..4 {
         let r = conn.send("GET", &poll_path(sid), "", "").await;
         assert_eq!(r.status, 200, "GET for {sid}: {r:?}");
@@ -171,7 +170,7 @@ pub async fn read_packet(conn: &mut Conn, sid: &str, prefix: &str) -> String {
 }
 
 /// Connects the default namespace.
-pub async fn connect_ns(conn: &mut Conn, sid: &str) {
+pub async fn connect_ns(conn: &mut impl Exchange, sid: &str) {
     post(conn, sid, "40").await;
     read_packet(conn, sid, "40").await;
 }
@@ -184,7 +183,7 @@ pub fn ack_node(ack: &str, sid: &str) -> String {
 }
 
 /// One acknowledged whoami (ack id `n`): the node that answered.
-pub async fn whoami(conn: &mut Conn, sid: &str, n: u32) -> String {
+pub async fn whoami(conn: &mut impl Exchange, sid: &str, n: u32) -> String {
     post(conn, sid, &format!("42{n}[\"whoami\"]")).await;
     ack_node(&read_packet(conn, sid, &format!("43{n}")).await, sid)
 }
