@@ -70,7 +70,15 @@ start() {
   local name=$1 marker=$2
   shift 2
   setsid "$@" </dev/null >"$STATE/$name.log" 2>&1 &
-  echo "$! $marker" >"$STATE/$name.pid"
+  local pid=$! i
+  echo "$pid $marker" >"$STATE/$name.pid"
+  # Until it has exec'd the command, the pid is a fork of this shell, which recorded_pid would take for a
+  # process that is gone: wait for the exec (or for it to die) before anything checks on it.
+  for ((i = 0; i < 50; i++)); do
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker" && return 0
+    alive "$pid" || return 0
+    sleep 0.1
+  done
 }
 
 # Stops the named processes: SIGTERM to all, then SIGKILL to any still running after $1 seconds.
