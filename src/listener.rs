@@ -218,12 +218,12 @@ async fn serve_http(
     let phase = Arc::new(ConnPhase::default());
     let io = IdleIo::new(io, phase.clone(), block);
     let client = Arc::new(client);
-    let service = service_fn(move |mut req| {
-        let busy = Busy::new(&phase, &mut req);
+    let service = service_fn(move |req| {
+        let (busy, head) = Busy::new(&phase);
         let app = service_app.clone();
         let client = client.clone();
         async move {
-            let out = proxy::handle(app.snapshot(), &client, req).await;
+            let out = proxy::handle(app.snapshot(), &client, req, head).await;
             let resp = app.access_log(&client, out);
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 busy.0.tunnel.store(true, Relaxed);
@@ -321,14 +321,11 @@ impl ConnPhase {
 struct Busy(Arc<ConnPhase>);
 
 impl Busy {
-    /// Marks request `req` in progress, with the framing counts of its head when they are known.
-    fn new<B>(phase: &Arc<ConnPhase>, req: &mut http::Request<B>) -> Busy {
+    /// Marks the next request in progress; with it, the framing counts of its head when they are known.
+    fn new(phase: &Arc<ConnPhase>) -> (Busy, Option<HeadCounts>) {
         let n = phase.requests.fetch_add(1, Relaxed) + 1;
         phase.busy.store(true, Relaxed);
-        if let Some(counts) = phase.head_counts(n) {
-            req.extensions_mut().insert(counts);
-        }
-        Busy(phase.clone())
+        (Busy(phase.clone()), phase.head_counts(n))
     }
 }
 

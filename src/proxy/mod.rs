@@ -63,8 +63,14 @@ pub struct Outcome {
     pub tunnel: Option<tokio::sync::oneshot::Receiver<tunnel::Carried>>,
 }
 
-/// Answers one request: proxied, or limpet's own error answer.
-pub async fn handle(snap: Arc<Snapshot>, client: &ClientInfo, req: Request<Incoming>) -> Outcome {
+/// Answers one request: proxied, or limpet's own error answer. `head`: the framing lines counted on the raw
+/// head, when the connection saw all of it.
+pub async fn handle(
+    snap: Arc<Snapshot>,
+    client: &ClientInfo,
+    req: Request<Incoming>,
+    head: Option<HeadCounts>,
+) -> Outcome {
     let started = Instant::now();
     // The target is kept for the access log only.
     let logged = snap.config.global.access_log != crate::config::AccessLog::Off;
@@ -83,7 +89,7 @@ pub async fn handle(snap: Arc<Snapshot>, client: &ClientInfo, req: Request<Incom
         client_ip: None,
         tunnel: None,
     };
-    match forward(&snap, client, req, &mut out).await {
+    match forward(&snap, client, req, head, &mut out).await {
         Ok(resp) => out.response = resp,
         Err(e) => {
             if e.is_upstream() {
@@ -109,6 +115,7 @@ async fn forward(
     snap: &Snapshot,
     client: &ClientInfo,
     mut req: Request<Incoming>,
+    head: Option<HeadCounts>,
     out: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if req.method() == Method::CONNECT {
@@ -119,9 +126,9 @@ async fn forward(
         .get(&client.listener)
         .ok_or(ProxyError::NoRoute)?;
     request::check_request_line(&req, listener.block().max_header_bytes)?;
-    request::check_framing(&req)?;
+    request::check_framing(&req, head)?;
     let host = request::host(&req)?;
-    let site = listener.site(host.as_deref());
+    let site = listener.site(host.as_ref().map(http::uri::Authority::host));
     let route = site.route(req.uri().path()).ok_or(ProxyError::NoRoute)?;
     let upstream = route.upstream.clone();
     out.upstream = Some(upstream.clone());

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -26,9 +26,9 @@ pub struct Prepared {
     pub reusable: bool,
 }
 
-/// The request's host (lowercase, port stripped), validating `Host`: exactly one on HTTP/1.1, well-formed, and
-/// the authority of an absolute-form target wins over it.
-pub fn host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+/// The request's authority (its `host()` is the host, port stripped, in the case the client sent), validating
+/// `Host`: exactly one on HTTP/1.1, well-formed, and the authority of an absolute-form target wins over it.
+pub fn host(req: &Request<Incoming>) -> Result<Option<Authority>, ProxyError> {
     let mut values = req.headers().get_all(header::HOST).iter();
     let first = values.next();
     if values.next().is_some() {
@@ -41,7 +41,7 @@ pub fn host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
                 "invalid authority in request target",
             ));
         }
-        return Ok(Some(authority.host().to_ascii_lowercase()));
+        return Ok(Some(authority.clone()));
     }
     let Some(value) = first else {
         return if req.version() == Version::HTTP_11 {
@@ -53,18 +53,18 @@ pub fn host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
     let text = value
         .to_str()
         .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
-    let authority: http::uri::Authority = text
+    let authority: Authority = text
         .parse()
         .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
     if authority.as_str().contains('@') || text.is_empty() {
         return Err(ProxyError::BadRequest("invalid Host header"));
     }
-    Ok(Some(authority.host().to_ascii_lowercase()))
+    Ok(Some(authority))
 }
 
 /// How many `Content-Length` and `Transfer-Encoding` lines a request head carried, counted on its raw bytes:
 /// hyper merges repeated `Content-Length` lines and drops one beside `Transfer-Encoding` before limpet sees the
-/// request. The connection puts it in the request's extensions when it saw the whole head.
+/// request. The connection hands it to [`crate::proxy::handle`] when it saw the whole head.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HeadCounts {
     pub content_length: u8,
@@ -152,9 +152,9 @@ impl HeadScan {
 /// HTTP/1.0 and a `Transfer-Encoding` whose last coding is not `chunked`; this refuses what it lets through:
 /// `Content-Length` beside `Transfer-Encoding`, `Content-Length` repeated, `chunked` given twice (400), and a
 /// transfer coding other than `chunked` (501: limpet would pass it on undecoded).
-pub fn check_framing(req: &Request<Incoming>) -> Result<(), ProxyError> {
+pub fn check_framing(req: &Request<Incoming>, head: Option<HeadCounts>) -> Result<(), ProxyError> {
     let h = req.headers();
-    if let Some(raw) = req.extensions().get::<HeadCounts>() {
+    if let Some(raw) = head {
         // What hyper merged away: a Content-Length it dropped for Transfer-Encoding, or repeated ones.
         if raw.content_length > 0 && raw.transfer_encoding > 0 {
             return Err(ProxyError::BadRequest(
