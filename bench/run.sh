@@ -74,6 +74,8 @@ fi
 # Idle connections are opened this many at a time, so the idle figure is what a held tunnel costs rather than
 # what a burst of concurrent handshakes leaves in the allocator.
 IDLE_OPEN_CONCURRENCY=32
+# Tunnels held open under each idle measurement (see run_idle).
+IDLE_BASE=200
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "bench: --runs must be a positive number" >&2; exit 2; }
 CONNS=64
 WS_MSG_BYTES=32
@@ -107,11 +109,13 @@ NOTES=$WORK/notes.txt
 
 PIDS=()
 HOLD_FD=
+BASE_FD=
 ROUND=1
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     if [[ -n $HOLD_FD ]]; then exec {HOLD_FD}>&-; fi
+    if [[ -n $BASE_FD ]]; then exec {BASE_FD}>&-; fi
     local pid
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -479,12 +483,24 @@ print(r["msgs"], r["rate"], r["p50_us"] / 1000, r["p99_us"] / 1000, r["errors"])
 
 # run_idle PROXY N: RSS growth per idle WebSocket tunnel, on a freshly started proxy.
 run_idle() {
-    local proxy=$1 n=$2 slot=$3 out fifo before after line opened loader
+    local proxy=$1 n=$2 slot=$3 out fifo before after line opened loader base_out base_fifo base_loader
     out=$WORK/$proxy.idle$n.out
     fifo=$WORK/$proxy.idle$n.fifo
+    base_out=$WORK/$proxy.idle$n.base.out
+    base_fifo=$WORK/$proxy.idle$n.base.fifo
     # Warm the proxy (buffers, pools, lazily built state) so the baseline holds no first-use cost.
     run_waited taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --conns "$CONNS" --duration 1s \
         >/dev/null 2>&1 || true
+    # A base of open tunnels, held through the measurement: the figure is what each further tunnel adds, not the
+    # one-time state (allocator slabs, runtime tables) that a process's first tunnels bring.
+    mkfifo "$base_fifo"
+    taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --idle "$IDLE_BASE" --hold-until-stdin-closes \
+        --open-concurrency "$IDLE_OPEN_CONCURRENCY" <"$base_fifo" >"$base_out" 2>"$base_out.err" &
+    base_loader=$!
+    PIDS+=("$base_loader")
+    exec {BASE_FD}>"$base_fifo"
+    wait_line "$base_out" '^OPEN ' 120 "$base_loader" ||
+        note "$proxy idle $n: the base of $IDLE_BASE tunnels never opened ($(tail -n 2 "$base_out.err" | tr '\n' ' '))"
     before=$(rss_settled "$PROXY_PID")
     mkfifo "$fifo"
     taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --idle "$n" --hold-until-stdin-closes \
@@ -507,10 +523,12 @@ run_idle() {
             say "bench: $proxy idle: $opened tunnels, RSS $before -> $after KiB"
         fi
     fi
-    exec {HOLD_FD}>&-
+    exec {HOLD_FD}>&- {BASE_FD}>&-
     HOLD_FD=
+    BASE_FD=
     stop_pid "$loader"
-    rm -f "$fifo"
+    stop_pid "$base_loader"
+    rm -f "$fifo" "$base_fifo"
 }
 
 declare -A P_MAIN P_PID P_PORT
@@ -595,9 +613,9 @@ version_of() {
 # --- idle counts against the open-file limit -------------------------------------------------
 for i in "${!IDLE_COUNTS[@]}"; do
     n=${IDLE_COUNTS[$i]}
-    if ((n > MAX_TUNNELS)); then
-        note "a process here may hold at most $NOFILE open files and a tunnel takes two in the proxy: idle run capped at $MAX_TUNNELS instead of $n"
-        IDLE_COUNTS[i]=$MAX_TUNNELS
+    if ((n + IDLE_BASE > MAX_TUNNELS)); then
+        note "a process here may hold at most $NOFILE open files and a tunnel takes two in the proxy: idle run capped at $((MAX_TUNNELS - IDLE_BASE)) (above a base of $IDLE_BASE) instead of $n"
+        IDLE_COUNTS[i]=$((MAX_TUNNELS - IDLE_BASE))
     fi
 done
 say "bench: open-file limit $NOFILE per process; a tunnel takes two in the proxy, so at most ~$MAX_TUNNELS tunnels"
