@@ -143,30 +143,30 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-proc_state() {
+# The fields of /proc/PID/stat after the command name, from the state on (field 3 in proc(5)).
+stat_fields() {
     local s
-    s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo X; return; }
-    s=${s##*) }
-    echo "${s%% *}"
+    s=$(<"/proc/$1/stat") || return 1
+    echo "${s##*) }"
+}
+
+proc_state() {
+    local f
+    f=$(stat_fields "$1" 2>/dev/null) || { echo X; return; }
+    echo "${f%% *}"
 }
 
 # utime + stime of the whole process (all threads), in clock ticks.
 cpu_ticks() {
-    local s
-    s=$(<"/proc/$1/stat")
-    s=${s##*) }
-    # shellcheck disable=SC2086
-    set -- $s
+    # shellcheck disable=SC2046
+    set -- $(stat_fields "$1")
     echo $((${12} + ${13}))
 }
 
 # stime alone: the kernel's share (system calls, and the loopback packet delivery they trigger).
 sys_ticks() {
-    local s
-    s=$(<"/proc/$1/stat")
-    s=${s##*) }
-    # shellcheck disable=SC2086
-    set -- $s
+    # shellcheck disable=SC2046
+    set -- $(stat_fields "$1")
     echo "${13}"
 }
 
@@ -482,6 +482,16 @@ print(r["msgs"], r["rate"], r["p50_us"] / 1000, r["p99_us"] / 1000, r["errors"])
 }
 
 # run_idle PROXY N: RSS growth per idle WebSocket tunnel, on a freshly started proxy.
+# hold_idle N OUT FIFO: a load client that opens N idle tunnels, reports `OPEN …` to OUT and holds them until
+# FIFO's writer closes; its pid in HELD_PID. The caller opens FIFO for writing (in its own shell, to keep the fd).
+hold_idle() {
+    mkfifo "$3"
+    taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --idle "$1" --hold-until-stdin-closes \
+        --open-concurrency "$IDLE_OPEN_CONCURRENCY" <"$3" >"$2" 2>"$2.err" &
+    HELD_PID=$!
+    PIDS+=("$HELD_PID")
+}
+
 run_idle() {
     local proxy=$1 n=$2 slot=$3 out fifo before after line opened loader base_out base_fifo base_loader
     out=$WORK/$proxy.idle$n.out
@@ -493,20 +503,14 @@ run_idle() {
         >/dev/null 2>&1 || true
     # A base of open tunnels, held through the measurement: the figure is what each further tunnel adds, not the
     # one-time state (allocator slabs, runtime tables) that a process's first tunnels bring.
-    mkfifo "$base_fifo"
-    taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --idle "$IDLE_BASE" --hold-until-stdin-closes \
-        --open-concurrency "$IDLE_OPEN_CONCURRENCY" <"$base_fifo" >"$base_out" 2>"$base_out.err" &
-    base_loader=$!
-    PIDS+=("$base_loader")
+    hold_idle "$IDLE_BASE" "$base_out" "$base_fifo"
+    base_loader=$HELD_PID
     exec {BASE_FD}>"$base_fifo"
     wait_line "$base_out" '^OPEN ' 120 "$base_loader" ||
         note "$proxy idle $n: the base of $IDLE_BASE tunnels never opened ($(tail -n 2 "$base_out.err" | tr '\n' ' '))"
     before=$(rss_settled "$PROXY_PID")
-    mkfifo "$fifo"
-    taskset -c "$LOAD_CORE" "$TOOLS/bench-ws-load" --url "$(ws_url)" --idle "$n" --hold-until-stdin-closes \
-        --open-concurrency "$IDLE_OPEN_CONCURRENCY" <"$fifo" >"$out" 2>"$out.err" &
-    loader=$!
-    PIDS+=("$loader")
+    hold_idle "$n" "$out" "$fifo"
+    loader=$HELD_PID
     exec {HOLD_FD}>"$fifo"
     if ! wait_line "$out" '^OPEN ' 300 "$loader"; then
         note "$proxy idle $n: the load client never reported ($(tail -n 2 "$out.err" | tr '\n' ' '))"

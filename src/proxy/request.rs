@@ -373,8 +373,6 @@ pub fn prepare(
         parts.headers.insert(header::UPGRADE, upgrade);
     }
     let host = parts.headers.get(header::HOST).cloned();
-    // Room for the forwarding headers and `set_header`, so the map grows (and rehashes) once at most.
-    parts.headers.reserve(4 + route.location.set_header.len());
     let other = (client_ip != client.peer.ip()).then_some(client_ip);
     set_forwarded(
         &mut parts.headers,
