@@ -9,7 +9,6 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -22,7 +21,6 @@ use tokio::time::Instant;
 use crate::config;
 use crate::proxy::body::{BodyError, ResponseBody};
 use crate::proxy::{ClientInfo, Outcome};
-use crate::upstream::Upstream;
 
 /// Lines queued before new ones are dropped rather than wait.
 const QUEUE: usize = 8192;
@@ -70,12 +68,18 @@ impl AccessLog {
         let Some(tx) = &self.tx else {
             return response.map(Logged::unlogged);
         };
+        // Names, not the upstream itself: a tunnel's line must not keep its snapshot's upstream alive.
+        let server = upstream
+            .as_ref()
+            .zip(server)
+            .and_then(|(u, i)| u.peers.get(i))
+            .map(|p| p.spec.name.clone());
         let entry = Entry {
             client: client_ip.unwrap_or_else(|| client.peer.ip()),
             method,
             uri,
             status: response.status().as_u16(),
-            upstream,
+            upstream: upstream.map(|u| u.name().to_string()),
             server,
             sticky,
             started,
@@ -84,7 +88,7 @@ impl AccessLog {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let c = carried.await.unwrap_or_default();
-                let _ = tx.try_send(Msg::Line(entry.line(c.from_server, Some(c.from_client))));
+                queue(&tx, entry.line(c.from_server, Some(c.from_client)));
             });
             return response.map(Logged::unlogged);
         }
@@ -155,21 +159,25 @@ struct Entry {
     method: Method,
     uri: Uri,
     status: u16,
-    upstream: Option<Arc<Upstream>>,
-    server: Option<usize>,
+    upstream: Option<String>,
+    server: Option<String>,
     sticky: Option<&'static str>,
     started: Instant,
+}
+
+/// Queues a line for the writer; a full queue drops it (counted).
+fn queue(tx: &mpsc::Sender<Msg>, line: String) {
+    if tx.try_send(Msg::Line(line)).is_err() {
+        crate::metrics::metrics().access_log_dropped.inc();
+    }
 }
 
 impl Entry {
     /// The line, with the bytes the client received (and, for a tunnel, those it sent).
     fn line(&self, bytes: u64, bytes_in: Option<u64>) -> String {
         let mut s = String::with_capacity(160);
-        let server = match (&self.upstream, self.server) {
-            (Some(u), Some(i)) => u.peers.get(i).map_or("-", |p| p.spec.name.as_str()),
-            _ => "-",
-        };
-        let upstream = self.upstream.as_ref().map_or("-", |u| u.name());
+        let server = self.server.as_deref().unwrap_or("-");
+        let upstream = self.upstream.as_deref().unwrap_or("-");
         let _ = write!(
             s,
             "{} \"{} {}\" {} bytes={} upstream={} server={} duration_ms={:.1} sticky={}",
@@ -244,7 +252,7 @@ impl Body for Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         if let Some(p) = self.pending.take() {
-            let _ = p.tx.try_send(Msg::Line(p.entry.line(p.bytes, None)));
+            queue(&p.tx, p.entry.line(p.bytes, None));
         }
     }
 }

@@ -107,9 +107,15 @@ fn refresh_gauges(app: &App) {
     }
 }
 
+/// 200 only while limpet routes: after its first round of health checks, before shutdown.
 fn healthz(app: &App) -> AdminResponse {
     if app.is_stopping() {
         text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if !app.is_ready() {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: first health checks\n",
+        )
     } else {
         text(StatusCode::OK, "ok\n")
     }
@@ -147,7 +153,7 @@ fn status(app: &App) -> serde_json::Value {
             (up.name().to_string(), upstream)
         })
         .collect();
-    json!({ "stopping": app.is_stopping(), "upstreams": upstreams })
+    json!({ "ready": app.is_ready(), "stopping": app.is_stopping(), "upstreams": upstreams })
 }
 
 /// A balance method as the config spells it.

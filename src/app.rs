@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,10 +15,12 @@ use tracing::{error, info, warn};
 
 use crate::access_log::{AccessLog, Logged};
 use crate::config::{self, Config, Problem};
+use crate::health::FirstRound;
 use crate::listener::{Listeners, Permit};
 use crate::metrics::metrics;
 use crate::proxy::{ClientInfo, Outcome};
 use crate::runtime::{self, Carry, Snapshot};
+use crate::upstream::now_ms;
 
 /// Everything the process shares between connections.
 pub struct App {
@@ -34,6 +36,16 @@ pub struct App {
     access_log: ArcSwap<AccessLog>,
     /// Background tasks of the current snapshot (health checks), stopped when it is replaced.
     background: Mutex<Option<watch::Sender<bool>>>,
+    /// Until ready: the bound listen sockets, and the first round of health checks to wait for.
+    starting: Mutex<Option<Starting>>,
+    /// The first round of checks is done and the listeners accept.
+    ready: AtomicBool,
+}
+
+/// What [`App::run`] needs to become ready.
+struct Starting {
+    bound: Vec<(SocketAddr, TcpListener)>,
+    first_round: FirstRound,
 }
 
 /// Why a config could not be applied.
@@ -83,10 +95,36 @@ impl App {
             reloading: tokio::sync::Mutex::new(()),
             access_log: ArcSwap::from_pointee(access_log),
             background: Mutex::new(None),
+            starting: Mutex::new(None),
+            ready: AtomicBool::new(false),
         });
-        app.lock_listeners().apply(&app, bound, &|_| true);
-        app.start_background();
+        let first_round = app.start_background();
+        *app.starting.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Starting { bound, first_round });
         Ok((app, admin))
+    }
+
+    /// Waits for the first round of health checks (each bounded by its `timeout`), then starts accepting: a
+    /// limpet that accepts can route, so the first burst of clients spreads over every server that is up.
+    async fn become_ready(self: &Arc<Self>) {
+        let Some(starting) = self
+            .starting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let started = tokio::time::Instant::now();
+        starting.first_round.done().await;
+        self.lock_listeners().apply(self, starting.bound, &|_| true);
+        self.ready.store(true, Relaxed);
+        info!(after = ?started.elapsed(), "ready: first health checks done, accepting");
+    }
+
+    /// Accepting, after the first round of health checks.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
     }
 
     /// The current snapshot.
@@ -151,6 +189,11 @@ impl App {
     }
 
     fn try_reload(self: &Arc<Self>, loaded: config::Loaded) -> Result<(), ApplyError> {
+        if !self.is_ready() {
+            return Err(ApplyError::Bind(
+                "still starting (first health checks): reload refused".into(),
+            ));
+        }
         for w in &loaded.warnings {
             warn!("config: {w}");
         }
@@ -184,12 +227,14 @@ impl App {
         }
         self.lock_listeners()
             .apply(self, bound, &|a| wanted.contains(a));
-        self.start_background();
+        // Servers new to this config take traffic after their own first check; the rest serve on meanwhile.
+        drop(self.start_background());
         Ok(())
     }
 
-    /// (Re)starts the tasks that belong to the current snapshot: health checks and sticky table expiry.
-    fn start_background(self: &Arc<Self>) {
+    /// (Re)starts the tasks that belong to the current snapshot: health checks and housekeeping (sticky table
+    /// expiry, idle pooled connections, passive marks running out). Says when new servers' first checks are done.
+    fn start_background(self: &Arc<Self>) -> FirstRound {
         let (tx, rx) = watch::channel(false);
         if let Some(old) = self
             .background
@@ -200,8 +245,9 @@ impl App {
             let _ = old.send(true);
         }
         let snap = self.snapshot();
-        crate::health::start(&snap, rx.clone());
-        tokio::spawn(purge_sessions(snap, rx));
+        let first_round = crate::health::start(&snap, rx.clone());
+        tokio::spawn(housekeeping(snap, rx));
+        first_round
     }
 
     /// Graceful shutdown: stop accepting, tell connections to finish, wait up to `shutdown_timeout`.
@@ -237,6 +283,15 @@ impl App {
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let stopped_early = tokio::select! {
+            _ = self.become_ready() => false,
+            _ = term.recv() => true,
+            _ = int.recv() => true,
+        };
+        if stopped_early {
+            self.shutdown().await;
+            return Ok(());
+        }
         loop {
             tokio::select! {
                 _ = hup.recv() => {
@@ -269,17 +324,25 @@ fn problems(path: &std::path::Path, problems: Vec<Problem>) -> ApplyError {
     })
 }
 
-/// Forgets idle sticky sessions, every second, until the snapshot is replaced.
-async fn purge_sessions(snap: Arc<Snapshot>, mut stop: watch::Receiver<bool>) {
+/// Every second until the snapshot is replaced: forgets idle sticky sessions, closes pooled connections idle
+/// past their upstream's `keepalive_timeout`, and logs passive marks that ran out.
+async fn housekeeping(snap: Arc<Snapshot>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        let now = now_ms();
         for up in snap.upstreams.values() {
             if let Some(t) = &up.sessions {
                 t.purge_expired();
+            }
+            for p in &up.peers {
+                p.pool.close_idle();
+                if p.state.passive_mark_ended(now) {
+                    info!(upstream = %up.name(), server = %p.spec.name, by = "passive check", "server is up: fail_timeout passed");
+                }
             }
         }
     }

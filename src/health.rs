@@ -1,5 +1,6 @@
 //! Active health checks: one task per server, `GET path` every `interval`; `fails` consecutive failures mark it
-//! down, `passes` consecutive successes up (one pass admits a server still in the first "checking" state).
+//! down, `passes` consecutive successes up. A server still in its first "checking" state is checked at once and
+//! decided by that first result (a pass admits it, a failure or silence past `timeout` marks it down).
 //! An Engine.IO handshake path passes only with a valid open packet, and the session it opened is closed again.
 
 use std::sync::Arc;
@@ -9,19 +10,32 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::HealthCheck;
 use crate::runtime::Snapshot;
 use crate::sticky::engineio;
-use crate::upstream::{Health, Pool, Upstream};
+use crate::upstream::{Health, Peer, Pool, Upstream};
 
 /// Most body bytes a check reads.
 const BODY_LIMIT: usize = 16 * 1024;
 
+/// The first check of every server that was still "checking" when the checks started: done once each has
+/// its verdict.
+pub struct FirstRound(mpsc::Receiver<()>);
+
+impl FirstRound {
+    /// Returns once every server of the round has its first verdict. Each check is bounded by its `timeout`.
+    pub async fn done(mut self) {
+        while self.0.recv().await.is_some() {}
+    }
+}
+
 /// Starts the checks of every upstream that has them; they stop when `stop` turns true or its sender drops.
-pub fn start(snap: &Arc<Snapshot>, stop: watch::Receiver<bool>) {
+/// The answer says when the servers still "checking" (new ones) have had their first check.
+pub fn start(snap: &Arc<Snapshot>, stop: watch::Receiver<bool>) -> FirstRound {
+    let (first_tx, first_rx) = mpsc::channel(1);
     for up in snap.upstreams.values() {
         let Some(hc) = up.config.health_check.clone() else {
             for p in &up.peers {
@@ -31,10 +45,19 @@ pub fn start(snap: &Arc<Snapshot>, stop: watch::Receiver<bool>) {
             continue;
         };
         for index in 0..up.peers.len() {
-            up.peers[index].state.set_checked(true);
-            tokio::spawn(check_loop(up.clone(), index, hc.clone(), stop.clone()));
+            let state = &up.peers[index].state;
+            state.set_checked(true);
+            let first = (state.health() == Health::Checking).then(|| first_tx.clone());
+            tokio::spawn(check_loop(
+                up.clone(),
+                index,
+                hc.clone(),
+                stop.clone(),
+                first,
+            ));
         }
     }
+    FirstRound(first_rx)
 }
 
 /// Counts consecutive results and says when the state flips.
@@ -59,32 +82,41 @@ impl Streak {
         } else {
             self.passes = 0;
             self.fails += 1;
-            (current != Health::Down && self.fails >= hc.fails).then_some(Health::Down)
+            let needed = if current == Health::Checking {
+                1
+            } else {
+                hc.fails
+            };
+            (current != Health::Down && self.fails >= needed).then_some(Health::Down)
         }
     }
 }
 
+/// Checks one server until `stop`. A server still "checking" is checked at once; `first` is dropped once it has
+/// its first verdict (readiness waits on that).
 async fn check_loop(
     up: Arc<Upstream>,
     index: usize,
     hc: HealthCheck,
     mut stop: watch::Receiver<bool>,
+    mut first: Option<mpsc::Sender<()>>,
 ) {
     let peer = &up.peers[index];
+    let host = hc.host.clone().unwrap_or_else(|| peer.spec.name.clone());
     let mut streak = Streak::default();
-    let mut first = true;
+    let mut wait = if first.is_some() {
+        Duration::ZERO
+    } else {
+        jitter(&peer.spec.name, hc.interval) / 4
+    };
     loop {
-        let wait = if first {
-            jitter(&peer.spec.name, hc.interval) / 4
-        } else {
-            hc.interval + jitter(&peer.spec.name, hc.interval / 10)
-        };
-        first = false;
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            biased;
             r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+            _ = tokio::time::sleep(wait) => {}
         }
-        let result = check_once(&up, index, &hc).await;
+        wait = hc.interval + jitter(&peer.spec.name, hc.interval / 10);
+        let result = check_once(peer, &host, &hc).await;
         let ok = result.is_ok();
         let m = &peer.state.metrics;
         if ok {
@@ -92,12 +124,20 @@ async fn check_loop(
         } else {
             m.checks_fail.inc()
         };
-        if ok {
-            peer.state.clear_passive();
+        if ok && peer.state.clear_passive() {
+            info!(upstream = %up.name(), server = %peer.spec.name, "passive mark cleared: an active check passed");
         }
         let current = peer.state.health();
+        let (sid, reason) = match result {
+            Ok(sid) => (sid, None),
+            Err(e) => (None, Some(e)),
+        };
         if let Some(next) = streak.observe(ok, current, &hc) {
-            apply(&up, index, next, result.err());
+            apply(&up, index, next, reason);
+        }
+        drop(first.take());
+        if let Some(sid) = sid {
+            close_session(&peer.pool, &host, &hc.path, &sid, hc.timeout).await;
         }
     }
 }
@@ -109,13 +149,15 @@ fn apply(up: &Upstream, index: usize, next: Health, reason: Option<String>) {
         return;
     }
     match next {
-        Health::Up => info!(upstream = %up.name(), server = %peer.spec.name, "server is up"),
+        Health::Up => {
+            info!(upstream = %up.name(), server = %peer.spec.name, by = "active check", "server is up")
+        }
         _ => {
             let dropped = up
                 .sessions
                 .as_ref()
                 .map_or(0, |t| t.forget_server(peer.state.id));
-            warn!(upstream = %up.name(), server = %peer.spec.name, reason = %reason.unwrap_or_default(), sessions_dropped = dropped, "server is down");
+            warn!(upstream = %up.name(), server = %peer.spec.name, by = "active check", reason = %reason.unwrap_or_default(), until = "checks pass", sessions_dropped = dropped, "server is down");
         }
     }
 }
@@ -134,25 +176,28 @@ fn jitter(name: &str, span: Duration) -> Duration {
     Duration::from_millis(h.finish() % ms)
 }
 
-/// One check: Ok when the answer's status is in range (and, for an Engine.IO path, it is an open packet).
-async fn check_once(up: &Upstream, index: usize, hc: &HealthCheck) -> Result<(), String> {
-    let peer = &up.peers[index];
-    let host = hc.host.clone().unwrap_or_else(|| peer.spec.name.clone());
+/// One check: Ok when the answer's status is in range (and, for an Engine.IO path, it is an open packet, whose
+/// sid is returned so the session can be closed).
+async fn check_once(peer: &Peer, host: &str, hc: &HealthCheck) -> Result<Option<String>, String> {
     let (status, body) = tokio::time::timeout(
         hc.timeout,
-        get(&peer.pool, &host, Method::GET, &hc.path, Bytes::new()),
+        get(&peer.pool, host, Method::GET, &hc.path, Bytes::new()),
     )
     .await
-    .map_err(|_| "timed out".to_string())??;
+    .map_err(|_| {
+        format!(
+            "no answer within {}",
+            humantime::format_duration(hc.timeout)
+        )
+    })??;
     if status < hc.expect_status.0 || status > hc.expect_status.1 {
         return Err(format!("status {status}"));
     }
     if !is_engineio(&hc.path) {
-        return Ok(());
+        return Ok(None);
     }
     let sid = engineio::handshake_sid(&body).ok_or("no Engine.IO open packet")?;
-    close_session(&peer.pool, &host, &hc.path, sid, hc.timeout).await;
-    Ok(())
+    Ok(Some(sid.to_string()))
 }
 
 fn is_engineio(path: &str) -> bool {
@@ -235,6 +280,15 @@ mod tests {
     fn first_pass_admits_a_checking_server() {
         let mut s = Streak::default();
         assert_eq!(s.observe(true, Health::Checking, &hc()), Some(Health::Up));
+    }
+
+    #[test]
+    fn first_failure_marks_a_checking_server_down() {
+        let mut s = Streak::default();
+        assert_eq!(
+            s.observe(false, Health::Checking, &hc()),
+            Some(Health::Down)
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`metrics`], [`admin`], [`access_log`]: what operators see.
 //! - [`tls`], [`proxy_protocol`], [`stream`]: the edge.
 //! - [`convert_nginx`]: `limpet convert-nginx`.
+//! - [`warn_limit`]: per-request warnings, rate-limited.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
@@ -33,3 +34,4 @@ pub mod sticky;
 pub mod stream;
 pub mod tls;
 pub mod upstream;
+pub mod warn_limit;

@@ -164,10 +164,14 @@ async fn serve(
         return;
     };
     drop(snap);
-    let block = listener.block();
+    // Only settings are kept: a long-lived connection must not pin this snapshot (its upstreams and their pools)
+    // past a reload. Each request reads the snapshot of its moment.
+    let settings = ConnSettings::of(listener.block());
+    let tls = listener.tls.clone();
+    drop(listener);
     let _ = stream.set_nodelay(true);
-    let peer = if block.proxy_protocol {
-        match proxy_protocol::read_header(&mut stream, block.client_header_timeout).await {
+    let peer = if settings.proxy_protocol {
+        match proxy_protocol::read_header(&mut stream, settings.header_timeout).await {
             Ok(ProxyHeader::Proxied { source, .. }) => source,
             Ok(ProxyHeader::Local) => peer,
             Err(e) => {
@@ -178,11 +182,11 @@ async fn serve(
     } else {
         peer
     };
-    let (io, https) = match &listener.tls {
+    let (io, https) = match tls {
         None => (ClientStream::Tcp(stream), false),
         Some(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
-            match tokio::time::timeout(block.client_header_timeout, acceptor.accept(stream)).await {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            match tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => (ClientStream::Tls(Box::new(s)), true),
                 Ok(Err(e)) => {
                     debug!(error = %e, "TLS handshake failed");
@@ -205,18 +209,33 @@ async fn serve(
             _permit: permit,
         }),
     };
-    serve_http(app, block, io, client).await;
+    serve_http(app, settings, io, client).await;
 }
 
-async fn serve_http(
-    app: Arc<App>,
-    block: &crate::config::ServerBlock,
-    io: ClientStream,
-    client: ClientInfo,
-) {
+/// The connection-level settings of a listener, copied so a connection holds no snapshot.
+#[derive(Clone, Copy)]
+struct ConnSettings {
+    proxy_protocol: bool,
+    header_timeout: Duration,
+    keepalive_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+impl ConnSettings {
+    fn of(block: &crate::config::ServerBlock) -> ConnSettings {
+        ConnSettings {
+            proxy_protocol: block.proxy_protocol,
+            header_timeout: block.client_header_timeout,
+            keepalive_timeout: block.keepalive_timeout,
+            max_header_bytes: block.max_header_bytes,
+        }
+    }
+}
+
+async fn serve_http(app: Arc<App>, settings: ConnSettings, io: ClientStream, client: ClientInfo) {
     let service_app = app.clone();
     let phase = Arc::new(ConnPhase::default());
-    let io = IdleIo::new(io, phase.clone(), block);
+    let io = IdleIo::new(io, phase.clone(), &settings);
     let client = Arc::new(client);
     let service = service_fn(move |req| {
         let (busy, head) = Busy::new(&phase);
@@ -237,9 +256,9 @@ async fn serve_http(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_header_size(block.max_header_bytes)
-        .max_buf_size(block.max_header_bytes.max(8192))
-        .keep_alive(!block.keepalive_timeout.is_zero());
+        .max_header_size(settings.max_header_bytes)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .keep_alive(!settings.keepalive_timeout.is_zero());
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -370,18 +389,14 @@ pub fn take_upgraded(
 }
 
 impl IdleIo {
-    fn new(
-        inner: ClientStream,
-        phase: Arc<ConnPhase>,
-        block: &crate::config::ServerBlock,
-    ) -> IdleIo {
+    fn new(inner: ClientStream, phase: Arc<ConnPhase>, settings: &ConnSettings) -> IdleIo {
         let now = Instant::now();
-        let armed = now + block.client_header_timeout;
+        let armed = now + settings.header_timeout;
         IdleIo {
             inner,
             phase,
-            header_timeout: block.client_header_timeout,
-            keepalive_timeout: block.keepalive_timeout,
+            header_timeout: settings.header_timeout,
+            keepalive_timeout: settings.keepalive_timeout,
             seen_requests: 0,
             head_started: Some(now),
             last: now,
@@ -460,15 +475,20 @@ impl IdleIo {
         }
     }
 
+    /// A write-side operation under the send deadline. Only bytes written count as progress: hyper flushes on
+    /// every wake-up, and an idle connection's flush must not push its keep-alive deadline back.
     fn poll_write_with<T>(
         &mut self,
         cx: &mut Context<'_>,
         op: impl FnOnce(Pin<&mut ClientStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+        moved: impl FnOnce(&T) -> bool,
     ) -> Poll<io::Result<T>> {
         match op(Pin::new(&mut self.inner), cx) {
             Poll::Ready(r) => {
                 self.write_waiting = false;
-                self.progressed(None);
+                if r.as_ref().is_ok_and(moved) {
+                    self.progressed(None);
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => {
@@ -521,7 +541,7 @@ impl AsyncWrite for IdleIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.get_mut()
-            .poll_write_with(cx, |s, cx| s.poll_write(cx, buf))
+            .poll_write_with(cx, |s, cx| s.poll_write(cx, buf), |n| *n > 0)
     }
 
     fn poll_write_vectored(
@@ -530,7 +550,7 @@ impl AsyncWrite for IdleIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.get_mut()
-            .poll_write_with(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+            .poll_write_with(cx, |s, cx| s.poll_write_vectored(cx, bufs), |n| *n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -538,11 +558,12 @@ impl AsyncWrite for IdleIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_write_with(cx, |s, cx| s.poll_flush(cx))
+        self.get_mut()
+            .poll_write_with(cx, |s, cx| s.poll_flush(cx), |_| false)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut()
-            .poll_write_with(cx, |s, cx| s.poll_shutdown(cx))
+            .poll_write_with(cx, |s, cx| s.poll_shutdown(cx), |_| false)
     }
 }

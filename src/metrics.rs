@@ -23,6 +23,9 @@ pub struct Metrics {
     pub sticky_lookups: IntCounterVec,
     pub sticky_learned: IntCounterVec,
     pub sticky_store_errors: IntCounterVec,
+    pub sticky_store_dropped: IntCounterVec,
+    pub upstream_connects: IntCounterVec,
+    pub access_log_dropped: IntCounter,
     pub health_checks: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub client_connections: IntGaugeVec,
@@ -117,6 +120,25 @@ impl Metrics {
                 "Shared session store operations that failed or timed out.",
                 &["upstream"],
             ),
+            sticky_store_dropped: counter(
+                &r,
+                "limpet_sticky_store_writes_dropped_total",
+                "Session refreshes and writes not sent to the shared store because its queue was full.",
+                &["upstream"],
+            ),
+            upstream_connects: counter(
+                &r,
+                "limpet_upstream_connections_opened_total",
+                "Connections opened to a server for requests (pooled ones reused are not counted).",
+                us,
+            ),
+            access_log_dropped: counter(
+                &r,
+                "limpet_access_log_dropped_total",
+                "Access log lines dropped because the writer was too far behind.",
+                &[],
+            )
+            .with_label_values(&[]),
             health_checks: counter(
                 &r,
                 "limpet_health_checks_total",
@@ -196,6 +218,7 @@ pub struct ServerMetrics {
     pub sticky_learned: IntCounter,
     pub checks_ok: IntCounter,
     pub checks_fail: IntCounter,
+    pub connects: IntCounter,
 }
 
 impl ServerMetrics {
@@ -215,6 +238,7 @@ impl ServerMetrics {
             checks_fail: m
                 .health_checks
                 .with_label_values(&[upstream, server, "fail"]),
+            connects: m.upstream_connects.with_label_values(l),
         }
     }
 
@@ -238,7 +262,7 @@ impl ServerMetrics {
         ] {
             let _ = g.remove_label_values(l);
         }
-        for c in [&m.tunnels_total, &m.sticky_learned] {
+        for c in [&m.tunnels_total, &m.sticky_learned, &m.upstream_connects] {
             let _ = c.remove_label_values(l);
         }
         for r in ["ok", "fail"] {

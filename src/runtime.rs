@@ -14,7 +14,7 @@ use crate::metrics::ServerMetrics;
 use crate::sticky::store::SessionStore;
 use crate::sticky::table::SessionTable;
 use crate::tls;
-use crate::upstream::{ServerId, ServerState, TlsTarget, Upstream};
+use crate::upstream::{Pool, ServerId, ServerState, TlsTarget, Upstream};
 
 /// A location with its upstream resolved.
 pub struct Route {
@@ -101,6 +101,15 @@ impl Snapshot {
 /// A shared session store and what it was built from: (Redis URL, key prefix, store).
 type StoreEntry = (String, String, Arc<SessionStore>);
 
+/// What a pool is built from: a reload keeps the pool (and its warm connections) while this stays the same.
+#[derive(PartialEq)]
+struct PoolKey {
+    addr: SocketAddr,
+    keepalive: usize,
+    keepalive_timeout: std::time::Duration,
+    tls: Option<crate::config::UpstreamTls>,
+}
+
 /// State that outlives snapshots: per-server state by (upstream, address), sticky tables by upstream, and shared
 /// session stores by (upstream, URL, key prefix).
 #[derive(Default)]
@@ -110,6 +119,7 @@ pub struct Carry {
     by_id: Arc<ArcSwap<HashMap<ServerId, Arc<ServerState>>>>,
     tables: Mutex<HashMap<String, Arc<SessionTable>>>,
     stores: Mutex<HashMap<String, StoreEntry>>,
+    pools: Mutex<HashMap<(String, String), (PoolKey, Arc<Pool>)>>,
     next_id: Mutex<ServerId>,
 }
 
@@ -119,27 +129,23 @@ impl Carry {
         let mut keep_servers = HashSet::new();
         let mut upstreams = BTreeMap::new();
         for (name, up) in &config.upstreams {
-            let states: Vec<Arc<ServerState>> = up
+            let mut targets = tls.upstreams.remove(name).unwrap_or_default().into_iter();
+            let servers: Vec<(Arc<ServerState>, Arc<Pool>)> = up
                 .servers
                 .iter()
                 .map(|s| {
                     keep_servers.insert((name.clone(), s.name.clone()));
                     let state = self.server_state(name, &s.name, up.health_check.is_some());
                     state.note_config_drain(s.drain);
-                    state
+                    let pool = self.pool(up, s, &state, targets.next());
+                    (state, pool)
                 })
                 .collect();
             let table = (up.balance == Balance::Sid).then(|| self.table(name, up));
             let store = table.as_ref().and_then(|_| self.store(name, up));
             upstreams.insert(
                 name.clone(),
-                Arc::new(Upstream::new(
-                    up.clone(),
-                    states,
-                    table,
-                    store,
-                    tls.upstreams.remove(name).unwrap_or_default(),
-                )),
+                Arc::new(Upstream::new(up.clone(), servers, table, store)),
             );
         }
         self.prune(&keep_servers, &upstreams);
@@ -173,6 +179,39 @@ impl Carry {
         by_id.insert(id, state.clone());
         self.by_id.store(Arc::new(by_id));
         state
+    }
+
+    /// The connection pool of a server, kept from the last snapshot while its address and pool settings stay.
+    fn pool(
+        &self,
+        up: &crate::config::Upstream,
+        server: &crate::config::ServerSpec,
+        state: &ServerState,
+        tls: Option<TlsTarget>,
+    ) -> Arc<Pool> {
+        let key = PoolKey {
+            addr: server.addr,
+            keepalive: up.keepalive,
+            keepalive_timeout: up.keepalive_timeout,
+            tls: up.tls.clone(),
+        };
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = (up.name.clone(), server.name.clone());
+        if let Some((k, pool)) = pools.get(&slot) {
+            if *k == key {
+                pool.set_tls(tls);
+                return pool.clone();
+            }
+        }
+        let pool = Arc::new(Pool::new(
+            server.addr,
+            up.keepalive,
+            up.keepalive_timeout,
+            tls,
+            state.metrics.connects.clone(),
+        ));
+        pools.insert(slot, (key, pool.clone()));
+        pool
     }
 
     fn table(&self, name: &str, up: &crate::config::Upstream) -> Arc<SessionTable> {
@@ -242,6 +281,10 @@ impl Carry {
                 t.retain_servers(|id| ids.contains(&id));
             }
         }
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| keep.contains(k));
         let removed: Vec<_> = servers
             .keys()
             .filter(|k| !keep.contains(*k))

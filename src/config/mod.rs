@@ -107,6 +107,8 @@ pub struct Upstream {
     pub balance: Balance,
     pub hash_key: HashKey,
     pub keepalive: usize,
+    /// How long a pooled connection may stay idle before it is closed.
+    pub keepalive_timeout: Duration,
     pub retries: u32,
     pub tls: Option<UpstreamTls>,
     pub sticky: Sticky,

@@ -70,6 +70,7 @@ pub struct RawUpstream {
     pub balance: Option<String>,
     pub hash_key: Option<String>,
     pub keepalive: Option<i64>,
+    pub keepalive_timeout: Option<String>,
     pub retries: Option<i64>,
     pub tls: Option<bool>,
     pub tls_ca: Option<String>,

@@ -20,6 +20,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_CLIENT_MAX_BODY: u64 = 1 << 20;
 const DEFAULT_KEEPALIVE: i64 = 64;
+const DEFAULT_UPSTREAM_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_RETRIES: i64 = 1;
 const DEFAULT_STICKY_PATH: &str = "/socket.io/";
 const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(90);
@@ -227,6 +228,11 @@ fn upstream(c: &mut Checker, path: &str, name: &str, u: &RawUpstream) -> Upstrea
         DEFAULT_KEEPALIVE,
         0..=100_000,
     ) as usize;
+    let keepalive_timeout = c.positive_duration(
+        &format!("{path}.keepalive_timeout"),
+        &u.keepalive_timeout,
+        DEFAULT_UPSTREAM_KEEPALIVE_TIMEOUT,
+    );
     let retries = c.int(
         &format!("{path}.retries"),
         u.retries,
@@ -263,6 +269,7 @@ fn upstream(c: &mut Checker, path: &str, name: &str, u: &RawUpstream) -> Upstrea
         balance,
         hash_key,
         keepalive,
+        keepalive_timeout,
         retries,
         tls,
         sticky,

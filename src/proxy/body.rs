@@ -12,6 +12,7 @@ use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
@@ -64,11 +65,13 @@ impl Idle {
         }
     }
 
+    /// Something moved: the clock starts again at the next wait. Time spent between a frame and the next poll
+    /// (the other side busy, or not reading) is not a wait on this side.
     fn progress(&mut self) {
-        self.last = Some(Instant::now());
+        self.last = None;
     }
 
-    /// Ready once `after` has passed since the last progress (or the first wait).
+    /// Ready once `after` has passed since the first wait after the last progress.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let last = *self.last.get_or_insert_with(Instant::now);
         let deadline = last + self.after;
@@ -93,6 +96,8 @@ pub struct RequestBody {
     limit: u64,
     seen: u64,
     idle: Option<Idle>,
+    /// Told when the body has been read to its end (dropped unsent when it fails or is dropped early).
+    sent: Option<oneshot::Sender<()>>,
 }
 
 impl RequestBody {
@@ -104,6 +109,23 @@ impl RequestBody {
             limit,
             seen: 0,
             idle,
+            sent: None,
+        }
+    }
+
+    /// A signal for the moment the body has been read whole (None when there is none to read).
+    pub fn watch_sent(&mut self) -> Option<oneshot::Receiver<()>> {
+        if self.is_end_stream() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.sent = Some(tx);
+        Some(rx)
+    }
+
+    fn ended(&mut self) {
+        if let Some(sent) = self.sent.take() {
+            let _ = sent.send(());
         }
     }
 
@@ -114,6 +136,7 @@ impl RequestBody {
             limit: 0,
             seen: 0,
             idle: None,
+            sent: None,
         }
     }
 }
@@ -133,7 +156,10 @@ impl Body for RequestBody {
         let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => f,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(BodyError::Client(e)))),
-            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.ended();
+                return Poll::Ready(None);
+            }
             Poll::Pending => {
                 return match this.idle.as_mut().map(|i| i.poll_expired(cx)) {
                     Some(Poll::Ready(())) => Poll::Ready(Some(Err(BodyError::ClientTimeout))),
@@ -149,6 +175,9 @@ impl Body for RequestBody {
             if this.limit != 0 && this.seen > this.limit {
                 return Poll::Ready(Some(Err(BodyError::TooLarge)));
             }
+        }
+        if this.inner.as_ref().is_some_and(|b| b.is_end_stream()) {
+            this.ended();
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -201,10 +230,9 @@ impl UpstreamBody {
         }
     }
 
-    fn fail(&mut self) {
+    fn fail(&mut self, why: &dyn std::fmt::Display) {
         if let Some(lease) = self.lease.take() {
-            let peer = &lease.upstream.peers[lease.index];
-            peer.state.record_failure(&peer.spec);
+            lease.upstream.peers[lease.index].record_failure(lease.upstream.name(), why);
         }
     }
 }
@@ -227,8 +255,9 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.fail();
-                Poll::Ready(Some(Err(BodyError::Upstream(e))))
+                let e = BodyError::Upstream(e);
+                this.fail(&e);
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 this.ended = true;
@@ -236,8 +265,9 @@ impl Body for UpstreamBody {
             }
             Poll::Pending => match this.idle.poll_expired(cx) {
                 Poll::Ready(()) => {
-                    this.fail();
-                    Poll::Ready(Some(Err(BodyError::UpstreamTimeout)))
+                    let e = BodyError::UpstreamTimeout;
+                    this.fail(&e);
+                    Poll::Ready(Some(Err(e)))
                 }
                 Poll::Pending => Poll::Pending,
             },

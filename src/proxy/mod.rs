@@ -21,11 +21,16 @@ use tracing::{debug, warn};
 use crate::balance::PickKey;
 use crate::runtime::{Route, Snapshot};
 use crate::upstream::{InFlight, Upstream};
+use crate::warn_limit::WarnLimit;
 use body::{Lease, RequestBody, ResponseBody, UpstreamBody};
 pub use error::ProxyError;
 use request::Prepared;
 pub use request::{HeadCounts, HeadScan};
 use sticky::{Learn, Plan, Target};
+
+/// Per-request warnings, each kind at most once a second.
+static PROXY_ERRORS: WarnLimit = WarnLimit::new();
+static CONNECT_ERRORS: WarnLimit = WarnLimit::new();
 
 /// What limpet knows of the client connection a request came on.
 #[derive(Clone)]
@@ -93,7 +98,9 @@ pub async fn handle(
         Ok(resp) => out.response = resp,
         Err(e) => {
             if e.is_upstream() {
-                warn!(client = %client.peer, error = %e, "proxy error");
+                if let Some(held_back) = PROXY_ERRORS.allow() {
+                    warn!(client = %client.peer, error = %e, held_back, "proxy error");
+                }
             } else {
                 debug!(client = %client.peer, error = %e, "request refused");
             }
@@ -187,6 +194,7 @@ async fn send(
     let upstream = ctx.upstream;
     let loc = &ctx.route.location;
     let target = plan.target;
+    let name = upstream.name();
     let mut tried: Vec<usize> = Vec::new();
     loop {
         let index = match target {
@@ -199,11 +207,19 @@ async fn send(
         let conn = match peer.pool.get(loc.connect_timeout).await {
             Ok(conn) => conn,
             Err(e) => {
-                warn!(upstream = %upstream.name(), server = %peer.spec.name, error = %e, "connect failed");
-                peer.state.record_failure(&peer.spec);
+                if let Some(held_back) = CONNECT_ERRORS.allow() {
+                    warn!(upstream = %name, server = %peer.spec.name, error = %e, held_back, "connect failed");
+                }
+                peer.record_failure(name, &e);
                 tried.push(index);
                 if matches!(target, Target::Fixed(_)) {
-                    return Err(sticky::lost_session(upstream, upgrade.is_some(), e.into()));
+                    let session = plan.session.as_deref();
+                    return Err(sticky::lost_session(
+                        upstream,
+                        session,
+                        upgrade.is_some(),
+                        e.into(),
+                    ));
                 }
                 if tried.len() > upstream.config.retries as usize {
                     return Err(e.into());
@@ -214,7 +230,7 @@ async fn send(
         match exchange(conn, prepared, loc.read_timeout).await {
             Exchange::Done(resp, sender) => {
                 if let Err(e) = check_response(&resp) {
-                    peer.state.record_failure(&peer.spec);
+                    peer.record_failure(name, &e);
                     return Err(e);
                 }
                 peer.state.record_success();
@@ -229,7 +245,7 @@ async fn send(
             Exchange::Stale(req) => prepared = req,
             Exchange::Failed(e) => {
                 if e.is_upstream() {
-                    peer.state.record_failure(&peer.spec);
+                    peer.record_failure(name, &e);
                 }
                 return Err(e);
             }
@@ -247,20 +263,48 @@ enum Exchange {
     Failed(ProxyError),
 }
 
+/// Sends a request and waits for the answer's head: `read_timeout` counts from the moment the request body has
+/// been sent whole, so time spent waiting on a slow client is never the server's.
 async fn exchange(
     mut conn: crate::upstream::Conn,
     prepared: Prepared,
     read_timeout: Duration,
 ) -> Exchange {
-    let reusable = prepared.reusable;
-    let sent = tokio::time::timeout(read_timeout, conn.sender.try_send_request(prepared.request));
-    match sent.await {
-        Ok(Ok(resp)) => Exchange::Done(resp, reusable.then_some(conn.sender)),
-        Ok(Err(mut e)) => match e.take_message() {
-            Some(request) if conn.reused => Exchange::Stale(Prepared { request, reusable }),
+    let Prepared {
+        request,
+        reusable,
+        body_sent,
+    } = prepared;
+    let answer = conn.sender.try_send_request(request);
+    tokio::pin!(answer);
+    let answered = match body_sent {
+        None => None,
+        Some(sent) => tokio::select! {
+            biased;
+            r = answer.as_mut() => Some(r),
+            _ = sent => None,
+        },
+    };
+    let answered = match answered {
+        Some(r) => r,
+        None => match tokio::time::timeout(read_timeout, answer).await {
+            Ok(r) => r,
+            Err(_) => return Exchange::Failed(ProxyError::Timeout),
+        },
+    };
+    match answered {
+        Ok(resp) => Exchange::Done(resp, reusable.then_some(conn.sender)),
+        Err(mut e) => match e.take_message() {
+            Some(mut request) if conn.reused => {
+                let body_sent = request.body_mut().watch_sent();
+                Exchange::Stale(Prepared {
+                    request,
+                    reusable,
+                    body_sent,
+                })
+            }
             _ => Exchange::Failed(upstream_error(e.into_error())),
         },
-        Err(_) => Exchange::Failed(ProxyError::Timeout),
     }
 }
 

@@ -24,6 +24,9 @@ pub struct Prepared {
     /// May its connection go back to the pool afterwards? Not after an upgrade attempt: a server that refused
     /// one may still treat what follows as tunnel bytes.
     pub reusable: bool,
+    /// Fires once the request body has been sent whole (or given up): the response wait starts then. None when
+    /// there is no body to send.
+    pub body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// The request's authority (its `host()` is the host, port stripped, in the case the client sent), validating
@@ -388,10 +391,12 @@ pub fn prepare(
         parts.uri = origin_form(&parts.uri);
     }
     parts.version = Version::HTTP_11;
-    let body = RequestBody::new(body, route.location.client_max_body_size, body_idle);
+    let mut body = RequestBody::new(body, route.location.client_max_body_size, body_idle);
+    let body_sent = body.watch_sent();
     Prepared {
         request: Request::from_parts(parts, body),
         reusable: !websocket,
+        body_sent,
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::body::Lease;
 use super::{Outcome, ProxyError};
 use crate::sticky::engineio;
-use crate::upstream::{now_ms, Upstream};
+use crate::upstream::Upstream;
 
 /// Where a request must go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,15 +33,18 @@ pub enum Learn {
 }
 
 /// Routing decision for a request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub target: Target,
     pub learn: Learn,
+    /// The session a `Fixed` target holds in the local table: forgotten when its server cannot be reached.
+    pub session: Option<String>,
 }
 
 const PICK: Plan = Plan {
     target: Target::Pick,
     learn: Learn::No,
+    session: None,
 };
 
 /// Decides where a request goes; a session whose server is gone gets Engine.IO's "Session ID unknown".
@@ -87,35 +90,37 @@ fn local_plan(
         // A new session: an `io` cookie left from an old one must not steer it.
         out.sticky = Some("new");
         return decided(Plan {
-            target: Target::Pick,
             learn: Learn::Handshake,
+            ..PICK
         });
     }
     let Some(raw) = engineio::query_sid(query).or_else(|| cookie_sid(req)) else {
         return decided(Plan {
-            target: Target::Pick,
             learn: Learn::Cookie,
+            ..PICK
         });
     };
     // A sid that does not decode to 1..=MAX_SID_LEN bytes cannot be in the table: unknown.
     let Some(sid) = engineio::decode_sid(raw) else {
         return decided(miss(upstream, out));
     };
-    let now = now_ms();
     if let Some(index) = prefix_route(upstream, &sid) {
-        return fixed_or_dead(upstream, index, now, upgrade, out).map(Local::Decided);
+        return fixed_or_dead(upstream, index, upgrade, out).map(Local::Decided);
     }
     let Some(id) = table.lookup(&sid) else {
         return Ok(Local::Unknown(sid.into_owned()));
     };
     match upstream.index_of(id) {
-        Some(index) if upstream.peers[index].alive(now) => {
+        Some(index) if upstream.peers[index].holds_sessions() => {
             if let Some(store) = &upstream.store {
                 store.touch(&sid, &upstream.peers[index].spec.name);
             }
-            decided(hit(upstream, index, out))
+            decided(Plan {
+                session: Some(sid.into_owned()),
+                ..hit(upstream, index, out)
+            })
         }
-        // Down, removed from the config (GONE), or not alive now: the session is lost.
+        // Confirmed gone (down in the config or by active checks) or removed from the config: the session is lost.
         _ => {
             table.forget(&sid);
             Err(dead(upstream, upgrade, out))
@@ -137,9 +142,12 @@ async fn shared_plan(
         return Ok(miss(upstream, out));
     };
     match upstream.index_of_name(&server) {
-        Some(index) if upstream.peers[index].alive(now_ms()) => {
+        Some(index) if upstream.peers[index].holds_sessions() => {
             table.learn(sid, upstream.peers[index].state.id);
-            Ok(hit(upstream, index, out))
+            Ok(Plan {
+                session: Some(sid.to_string()),
+                ..hit(upstream, index, out)
+            })
         }
         // Learned by another instance for a server that is down or not in this config: the session is lost.
         _ => Err(dead(upstream, upgrade, out)),
@@ -161,6 +169,7 @@ fn hit(upstream: &Upstream, index: usize, out: &mut Outcome) -> Plan {
     Plan {
         target: Target::Fixed(index),
         learn: Learn::Cookie,
+        session: None,
     }
 }
 
@@ -175,19 +184,18 @@ fn miss(upstream: &Upstream, out: &mut Outcome) -> Plan {
     upstream.lookups.miss.inc();
     out.sticky = Some("miss");
     Plan {
-        target: Target::Pick,
         learn: Learn::Cookie,
+        ..PICK
     }
 }
 
 fn fixed_or_dead(
     upstream: &Upstream,
     index: usize,
-    now: u64,
     upgrade: bool,
     out: &mut Outcome,
 ) -> Result<Plan, ProxyError> {
-    if upstream.peers[index].alive(now) {
+    if upstream.peers[index].holds_sessions() {
         Ok(Plan {
             learn: Learn::No,
             ..hit(upstream, index, out)
@@ -205,13 +213,21 @@ fn cookie_sid(req: &Request<Incoming>) -> Option<&str> {
         .find_map(engineio::cookie_sid)
 }
 
-/// A session pinned to a server that could not be reached is lost: tell the client at once, as Engine.IO would.
-pub fn lost_session(upstream: &Upstream, upgrade: bool, error: ProxyError) -> ProxyError {
-    if upstream.sessions.is_some() {
-        ProxyError::SessionUnknown { upgrade }
-    } else {
-        error
+/// A session pinned to a server that could not be reached is lost: it is forgotten, and the client told at
+/// once, as Engine.IO would.
+pub fn lost_session(
+    upstream: &Upstream,
+    session: Option<&str>,
+    upgrade: bool,
+    error: ProxyError,
+) -> ProxyError {
+    let Some(table) = &upstream.sessions else {
+        return error;
+    };
+    if let Some(sid) = session {
+        table.forget(sid);
     }
+    ProxyError::SessionUnknown { upgrade }
 }
 
 /// Learns the session a server just opened or confirmed. For a handshake, reads (at most

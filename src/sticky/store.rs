@@ -19,7 +19,7 @@ use crate::metrics::metrics;
 pub const OP_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long the first connection may take, at start.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Writes queued before new ones are dropped (counted as errors).
+/// Writes queued before new ones are dropped (counted in `limpet_sticky_store_writes_dropped_total`).
 const QUEUE: usize = 16 * 1024;
 /// Most commands in one pipeline.
 const BATCH: usize = 512;
@@ -43,6 +43,7 @@ pub struct SessionStore {
     ttl_secs: AtomicU64,
     writes: mpsc::Sender<Write>,
     errors: IntCounter,
+    dropped: IntCounter,
     /// `now_ms()` before which failures are not logged again.
     quiet_until: AtomicU64,
     /// `now_ms()` before which requests skip Redis (set by a failure).
@@ -76,6 +77,9 @@ impl SessionStore {
             ttl_secs: AtomicU64::new(ttl.as_secs().max(1)),
             writes: tx,
             errors: metrics().sticky_store_errors.with_label_values(&[upstream]),
+            dropped: metrics()
+                .sticky_store_dropped
+                .with_label_values(&[upstream]),
             quiet_until: AtomicU64::new(0),
             skip_until: AtomicU64::new(0),
             failing: AtomicBool::new(false),
@@ -111,6 +115,7 @@ impl SessionStore {
             done: Some(done),
         };
         if self.writes.try_send(write).is_err() {
+            self.dropped.inc();
             self.failed("write queue full");
             return false;
         }
@@ -122,11 +127,14 @@ impl SessionStore {
     /// Redis lost them (a restart without persistence).
     pub fn touch(&self, sid: &str, server: &str) {
         if self.usable() {
-            let _ = self.writes.try_send(Write {
+            let write = Write {
                 key: self.key(sid),
                 server: server.to_string(),
                 done: None,
-            });
+            };
+            if self.writes.try_send(write).is_err() {
+                self.dropped.inc();
+            }
         }
     }
 

@@ -13,6 +13,7 @@ use crate::sticky::table::SessionTable;
 pub use pool::{Conn, ConnectError, Pool, TlsTarget, UpstreamStream};
 use prometheus::{Histogram, IntCounter};
 pub use state::{now_ms, Health, InFlight, ServerId, ServerState};
+use tracing::warn;
 
 /// One server of an upstream: its config, its carried-over state and its idle connections.
 pub struct Peer {
@@ -28,6 +29,27 @@ impl Peer {
 
     pub fn alive(&self, now: u64) -> bool {
         self.state.alive(&self.spec, now)
+    }
+
+    /// Still serves the sticky sessions it holds (see [`ServerState::holds_sessions`]).
+    pub fn holds_sessions(&self) -> bool {
+        self.state.holds_sessions(&self.spec)
+    }
+
+    /// Counts a failed request (passive check) and logs, once, when that marks the server down.
+    pub fn record_failure(&self, upstream: &str, why: &dyn std::fmt::Display) {
+        if !self.state.record_failure(&self.spec) {
+            return;
+        }
+        let until = if self.state.is_checked() {
+            "an active check passes".to_string()
+        } else {
+            format!(
+                "{} passes",
+                humantime::format_duration(self.spec.fail_timeout)
+            )
+        };
+        warn!(%upstream, server = %self.spec.name, by = "passive check", reason = %why, %until, "server is down");
     }
 }
 
@@ -105,22 +127,20 @@ impl ServerView for View<'_> {
 }
 
 impl Upstream {
-    /// Builds the runtime group from its config, the servers' carried-over state, its sticky table and shared
-    /// store and, for HTTPS to the servers, their TLS targets (each in config order; `tls` empty for plain TCP).
+    /// Builds the runtime group from its config, the servers' carried-over state and connection pools (each in
+    /// config order), its sticky table and its shared store.
     pub fn new(
         config: config::Upstream,
-        states: Vec<Arc<ServerState>>,
+        servers: Vec<(Arc<ServerState>, Arc<Pool>)>,
         sessions: Option<Arc<SessionTable>>,
         store: Option<Arc<SessionStore>>,
-        tls: Vec<TlsTarget>,
     ) -> Upstream {
-        let mut tls = tls.into_iter();
         let peers: Vec<Peer> = config
             .servers
             .iter()
-            .zip(states)
-            .map(|(spec, state)| Peer {
-                pool: Arc::new(Pool::new(spec.addr, config.keepalive, tls.next())),
+            .zip(servers)
+            .map(|(spec, (state, pool))| Peer {
+                pool,
                 spec: spec.clone(),
                 state,
             })

@@ -1,17 +1,21 @@
-//! Keep-alive connections to one upstream server, plain TCP or TLS: a lock-free queue of idle senders, bounded by
-//! `keepalive`.
+//! Keep-alive connections to one upstream server, plain TCP or TLS: a stack of idle senders, bounded by
+//! `keepalive`, the most recently used taken first (so connections past what the load needs age out), each closed
+//! once idle for `keepalive_timeout`. Pools outlive reloads for servers whose address and settings stay.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crossbeam_queue::ArrayQueue;
+use arc_swap::ArcSwapOption;
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
+use prometheus::IntCounter;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
@@ -79,29 +83,63 @@ fn host_of(addr_name: &str) -> &str {
 /// A fresh stream to a server: plain TCP, or TLS over it for an upstream with `tls = true`.
 pub type UpstreamStream = crate::stream::MaybeTls<TlsStream<TcpStream>>;
 
+/// An idle connection and when it was handed back.
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
 /// The idle connections of one server.
 pub struct Pool {
     addr: SocketAddr,
-    tls: Option<TlsTarget>,
-    idle: Option<ArrayQueue<SendRequest<RequestBody>>>,
+    /// Replaced on a reload that keeps the pool (a CA file may have been rewritten).
+    tls: ArcSwapOption<TlsTarget>,
+    keepalive: usize,
+    keepalive_timeout: Duration,
+    /// Oldest at the front, most recently returned at the back. The lock is held for one push or pop, never
+    /// across I/O.
+    idle: Mutex<VecDeque<Idle>>,
+    /// Connections opened for requests.
+    connects: IntCounter,
 }
 
 impl Pool {
-    /// A pool keeping at most `keepalive` idle connections (0 = close each after use), speaking TLS when `tls`.
-    pub fn new(addr: SocketAddr, keepalive: usize, tls: Option<TlsTarget>) -> Pool {
+    /// A pool keeping at most `keepalive` idle connections (0 = close each after use) for at most
+    /// `keepalive_timeout` each, speaking TLS when `tls`; `connects` counts the connections it opens.
+    pub fn new(
+        addr: SocketAddr,
+        keepalive: usize,
+        keepalive_timeout: Duration,
+        tls: Option<TlsTarget>,
+        connects: IntCounter,
+    ) -> Pool {
         Pool {
             addr,
-            tls,
-            idle: (keepalive > 0).then(|| ArrayQueue::new(keepalive)),
+            tls: ArcSwapOption::from(tls.map(Arc::new)),
+            keepalive,
+            keepalive_timeout,
+            idle: Mutex::new(VecDeque::with_capacity(keepalive.min(64))),
+            connects,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used idle connection that is still open and fresh.
+    fn pop(&self) -> Option<SendRequest<RequestBody>> {
+        loop {
+            let idle = self.lock().pop_back()?;
+            if !idle.sender.is_closed() && idle.since.elapsed() < self.keepalive_timeout {
+                return Some(idle.sender);
+            }
         }
     }
 
     /// An idle connection that is still open, or a new one.
     pub async fn get(&self, connect_timeout: Duration) -> Result<Conn, ConnectError> {
-        while let Some(mut sender) = self.idle.as_ref().and_then(|q| q.pop()) {
-            if sender.is_closed() {
-                continue;
-            }
+        while let Some(mut sender) = self.pop() {
             if sender.is_ready() {
                 return Ok(Conn {
                     sender,
@@ -119,15 +157,47 @@ impl Pool {
         self.connect(connect_timeout).await
     }
 
-    /// Returns a connection whose response has been read to the end.
+    /// Returns a connection whose response has been read to the end. Past `keepalive` idle ones, the oldest is
+    /// closed: `keepalive` bounds idle connections only.
     pub fn put(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
+        if sender.is_closed() || self.keepalive == 0 {
             return;
         }
-        if let Some(q) = &self.idle {
-            // A full queue drops the connection, which closes it: `keepalive` bounds idle connections only.
-            let _ = q.push(sender);
-        }
+        let since = Instant::now();
+        let oldest = {
+            let mut idle = self.lock();
+            let oldest = (idle.len() >= self.keepalive)
+                .then(|| idle.pop_front())
+                .flatten();
+            idle.push_back(Idle { sender, since });
+            oldest
+        };
+        drop(oldest);
+    }
+
+    /// Closes the connections idle for `keepalive_timeout` or more, and those the server closed.
+    pub fn close_idle(&self) {
+        let fresh = |i: &Idle| !i.sender.is_closed() && i.since.elapsed() < self.keepalive_timeout;
+        let stale: VecDeque<Idle> = {
+            let mut idle = self.lock();
+            if idle.iter().all(fresh) {
+                return;
+            }
+            let (keep, stale) = std::mem::take(&mut *idle).into_iter().partition(fresh);
+            *idle = keep;
+            stale
+        };
+        drop(stale);
+    }
+
+    /// The TLS settings for connections opened from now on.
+    pub fn set_tls(&self, tls: Option<TlsTarget>) {
+        self.tls.store(tls.map(Arc::new));
+    }
+
+    /// Connections idle in the pool now.
+    pub fn idle_len(&self) -> usize {
+        self.lock().len()
     }
 
     /// A new stream to the server, outside the pool: the TCP connect and any TLS handshake within `timeout`.
@@ -140,7 +210,7 @@ impl Pool {
     async fn open_now(&self) -> Result<UpstreamStream, ConnectError> {
         let stream = TcpStream::connect(self.addr).await?;
         stream.set_nodelay(true)?;
-        let Some(tls) = &self.tls else {
+        let Some(tls) = self.tls.load_full() else {
             return Ok(UpstreamStream::Tcp(stream));
         };
         let stream = tls
@@ -157,6 +227,7 @@ impl Pool {
             UpstreamStream::Tcp(s) => self.handshake(s).await?,
             UpstreamStream::Tls(s) => self.handshake(*s).await?,
         };
+        self.connects.inc();
         Ok(Conn {
             sender,
             reused: false,

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -52,6 +51,8 @@ pub struct ServerState {
     down_until_ms: AtomicU64,
     /// Active checks run for this server: a passive mark then lasts until a check passes.
     checked: AtomicBool,
+    /// A passive mark was logged and its end not yet.
+    passive_logged: AtomicBool,
 }
 
 /// `down_until_ms` of a passive mark that only an active pass clears.
@@ -71,6 +72,7 @@ impl ServerState {
             window_start_ms: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
             checked: AtomicBool::new(false),
+            passive_logged: AtomicBool::new(false),
         }
     }
 
@@ -142,9 +144,20 @@ impl ServerState {
         now < self.down_until_ms.load(Relaxed)
     }
 
-    /// Alive: can serve requests at all (sessions it holds included). Not `down`, health Up, not passively down.
+    /// Alive: may take new requests and sessions (if not draining). Not `down`, health Up, not passively down.
     pub fn alive(&self, spec: &ServerSpec, now: u64) -> bool {
         !spec.down && self.health() == Health::Up && !self.passively_down(now)
+    }
+
+    /// Still serves the sticky sessions it holds: not confirmed gone (`down` in the config, or marked down by
+    /// active checks). A passive mark keeps new sessions away but leaves the existing ones where they are.
+    pub fn holds_sessions(&self, spec: &ServerSpec) -> bool {
+        !spec.down && self.health() != Health::Down
+    }
+
+    /// Do active checks run for this server?
+    pub fn is_checked(&self) -> bool {
+        self.checked.load(Relaxed)
     }
 
     /// Usable: alive, not draining and under `max_conns`: may take a new request or session.
@@ -179,6 +192,7 @@ impl ServerState {
             now + window
         };
         self.down_until_ms.store(until, Relaxed);
+        self.passive_logged.store(true, Relaxed);
         true
     }
 
@@ -189,20 +203,19 @@ impl ServerState {
         }
     }
 
-    /// Clears a passive mark (an active check passed).
-    pub fn clear_passive(&self) {
-        self.down_until_ms.store(0, Relaxed);
+    /// Clears a passive mark (an active check passed); says whether one was in force.
+    pub fn clear_passive(&self) -> bool {
         self.fails.store(0, Relaxed);
+        let before = self.down_until_ms.swap(0, Relaxed);
+        self.passive_logged.store(false, Relaxed);
+        before > now_ms()
     }
 
-    /// Time left of a passive mark, if any (`Duration::MAX` while it waits for an active pass).
-    pub fn passive_remaining(&self) -> Option<Duration> {
-        let until = self.down_until_ms.load(Relaxed);
-        if until == UNTIL_CHECK_PASSES {
-            return Some(Duration::MAX);
-        }
-        let left = until.saturating_sub(now_ms());
-        (left > 0).then(|| Duration::from_millis(left))
+    /// True once for a passive mark that ran out on its own (after `fail_timeout`), so its end is logged once.
+    pub fn passive_mark_ended(&self, now: u64) -> bool {
+        self.passive_logged.load(Relaxed)
+            && !self.passively_down(now)
+            && self.passive_logged.swap(false, Relaxed)
     }
 }
 
@@ -231,6 +244,7 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn spec(max_fails: u32) -> ServerSpec {
         ServerSpec {
