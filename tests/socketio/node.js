@@ -15,6 +15,7 @@
 //   GET /health  -> 200 ok
 //   GET /stats   -> 200 {"node","version","engine_clients","handshakes","connections"}
 //   GET /request -> 200 {"node","method","url","remote_address","remote_port","headers"}
+//   GET /slow?ms=N -> 200 {"node"} after N ms (a server too slow for a proxy's read timeout)
 //   anything else -> 404
 // SIGTERM / SIGINT: close everything and exit 0.
 
@@ -71,6 +72,10 @@ const server = http.createServer((req, res) => {
       handshakes,
       connections,
     });
+  } else if (req.method === 'GET' && path === '/slow') {
+    const ms = Number(new URLSearchParams(req.url.split('?')[1] || '').get('ms')) || 0;
+    const timer = setTimeout(() => sendJson(res, 200, { node: NODE_ID }), ms);
+    req.socket.once('close', () => clearTimeout(timer));
   } else if (path === '/request') {
     sendJson(res, 200, {
       node: NODE_ID,

@@ -258,6 +258,8 @@ pub struct RawBackend {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<u8>>>,
     pub connections: Arc<AtomicUsize>,
+    /// Connections open now (closed ones, by either side, no longer count).
+    pub open: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
 }
 
@@ -267,8 +269,9 @@ impl RawBackend {
         let addr = listener.local_addr().expect("addr");
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let (stop, mut stop_rx) = watch::channel(false);
-        let (rec, conns) = (received.clone(), connections.clone());
+        let (rec, conns, open2) = (received.clone(), connections.clone(), open.clone());
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = tokio::select! {
@@ -278,7 +281,9 @@ impl RawBackend {
                 conns.fetch_add(1, Ordering::SeqCst);
                 let (rec, reply) = (rec.clone(), reply.clone());
                 let mut conn_stop = stop_rx.clone();
+                let open = OpenGuard::new(&open2);
                 tokio::spawn(async move {
+                    let _open = open;
                     let mut buf = vec![0u8; 64 * 1024];
                     let mut mine = Vec::new();
                     let mut answered = false;
@@ -318,8 +323,14 @@ impl RawBackend {
             addr,
             received,
             connections,
+            open,
             stop,
         }
+    }
+
+    /// Connections open now.
+    pub fn open_now(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Everything received so far, as lossy text.
@@ -335,5 +346,21 @@ impl RawBackend {
 impl Drop for RawBackend {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Counts an open connection until dropped.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn new(count: &Arc<AtomicUsize>) -> OpenGuard {
+        count.fetch_add(1, Ordering::SeqCst);
+        OpenGuard(count.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

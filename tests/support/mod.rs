@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use backend::{backends, HttpBackend, RawBackend, WsBackend};
+pub use backend::{backends, HttpBackend, RawBackend, RawReply, WsBackend};
 pub use client::*;
 pub use encode::percent_encode;
 pub use node::{assert_clean, NodeFleet, SioClient};
@@ -282,6 +282,31 @@ pub fn simple_config(
     s.push('\n');
     s.push_str(tables);
     s
+}
+
+/// The shipped `config/limpet.toml` (health checks on, default timeouts) on ephemeral ports, in front of
+/// `servers` instead of 127.0.0.1:3001-3003 (three of them), with each `(from, to)` of `edits` replaced after.
+pub fn shipped_config(servers: &[SocketAddr], edits: &[(&str, &str)]) -> String {
+    assert_eq!(servers.len(), 3, "the shipped config fronts three servers");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/limpet.toml");
+    let mut text = std::fs::read_to_string(path).expect("read config/limpet.toml");
+    for (from, to) in [
+        ("127.0.0.1:8080", "127.0.0.1:0"),
+        ("127.0.0.1:9100", "127.0.0.1:0"),
+    ] {
+        assert!(text.contains(from), "config/limpet.toml has no {from}");
+        text = text.replace(from, to);
+    }
+    for (i, addr) in servers.iter().enumerate() {
+        let from = format!("\"127.0.0.1:{}\"", 3001 + i);
+        assert!(text.contains(&from), "config/limpet.toml has no {from}");
+        text = text.replace(&from, &format!("\"{addr}\""));
+    }
+    for (from, to) in edits {
+        assert!(text.contains(from), "config/limpet.toml has no {from:?}");
+        text = text.replace(from, to);
+    }
+    text
 }
 
 /// One `[[upstream.app.server]]` table with extra keys (e.g. "weight = 5").
