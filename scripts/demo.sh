@@ -72,8 +72,8 @@ start() {
   setsid "$@" </dev/null >"$STATE/$name.log" 2>&1 &
   local pid=$! i
   echo "$pid $marker" >"$STATE/$name.pid"
-  # Until it has exec'd the command, the pid is a fork of this shell, which recorded_pid would take for a
-  # process that is gone: wait for the exec (or for it to die) before anything checks on it.
+  # Until it has exec'd the command, the pid's command line is this shell's, which recorded_pid (used to stop
+  # it) would take for a process that is gone: wait for the exec, or for it to die.
   for ((i = 0; i < 50; i++)); do
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker" && return 0
     alive "$pid" || return 0
@@ -123,13 +123,21 @@ http_status() {
   ) 2>/dev/null || true
 }
 
+# The pid this run started as NAME (no command-line check: between fork and exec, and during exec itself, the
+# command line is not yet, or briefly not, the command's; the pid is ours all along).
+started_pid() {
+  local pid _
+  read -r pid _ <"$STATE/$1.pid" 2>/dev/null && echo "$pid"
+}
+
 # wait_for NAME WHAT CHECK...: runs CHECK until it succeeds, NAME's process dies, or START_TIMEOUT passes.
 wait_for() {
-  local name=$1 what=$2
+  local name=$1 what=$2 pid
   shift 2
+  pid=$(started_pid "$name") || die "no pid recorded for $name"
   local deadline=$((SECONDS + START_TIMEOUT))
   until "$@"; do
-    if ! recorded_pid "$name" >/dev/null; then
+    if ! alive "$pid"; then
       echo "demo: $name exited before $what; its log ($STATE/$name.log):" >&2
       tail -n 20 "$STATE/$name.log" >&2 || true
       exit 1
@@ -145,6 +153,10 @@ wait_for() {
 
 # shellcheck disable=SC2317 # reached through wait_for
 page_ok() { [ "$(http_status "$LISTEN_PORT" /)" = 200 ]; }
+
+# limpet's /healthz answers 200 once its first health checks are done and it accepts.
+# shellcheck disable=SC2317 # reached through wait_for
+limpet_ready() { [ "$(http_status "$ADMIN_PORT" /healthz)" = 200 ]; }
 
 # --- setup ---------------------------------------------------------------------------------------------------
 
@@ -213,8 +225,8 @@ start_nodes() {
 start_limpet() {
   say "limpet -c $CONFIG (127.0.0.1:$LISTEN_PORT, admin 127.0.0.1:$ADMIN_PORT)"
   start limpet "$LIMPET" "$LIMPET" -c "$CONFIG"
-  wait_for limpet "limpet admin on port $ADMIN_PORT" port_open "$ADMIN_PORT"
-  # The nodes take traffic once limpet's health checks have passed them.
+  # Ready means the first health checks are done: the nodes that passed them take traffic from the first request.
+  wait_for limpet "limpet ready (GET http://127.0.0.1:$ADMIN_PORT/healthz -> 200)" limpet_ready
   wait_for limpet "chat page through limpet (GET http://127.0.0.1:$LISTEN_PORT/ -> 200)" page_ok
 }
 

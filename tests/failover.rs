@@ -55,7 +55,11 @@ fn connect_failures(limpet: &Limpet, addr: SocketAddr) -> usize {
     limpet
         .logs()
         .iter()
-        .filter(|l| l.contains("connect failed") && l.contains(&addr.to_string()))
+        .filter(|l| {
+            l.contains("connect failed")
+                && !l.contains("server is down")
+                && l.contains(&addr.to_string())
+        })
         .count()
 }
 

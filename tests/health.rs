@@ -240,7 +240,7 @@ async fn a_server_that_never_answers_is_marked_down() {
 
     mute.set(Mode::Hang);
     wait_state(&limpet, mute.addr, "down").await;
-    limpet.wait_log("reason=timed out", WAIT).await;
+    limpet.wait_log("reason=no answer within", WAIT).await;
     let before = mute.clients();
     assert!(bodies(limpet.addr(), 10).await.iter().all(|b| b == "good"));
     assert_eq!(mute.clients(), before);
@@ -289,24 +289,37 @@ async fn an_engineio_check_passes_only_on_an_open_packet() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Startup: "checking" until the first pass, and no stall.
+// Startup: not ready until every server has its first verdict, bounded by the check timeout.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_checked_server_starts_checking_and_takes_traffic_after_its_first_pass() {
+async fn limpet_is_not_ready_until_the_first_checks_and_a_hanging_server_counts_down() {
     let slow = Switch::start("slow", Mode::Hang).await;
-    // Long interval and timeout: no check can end before the test releases the hanging one.
-    let tables = "[upstream.app.health_check]\npath = \"/health\"\ninterval = \"10s\"\ntimeout = \"8s\"\npasses = 3\n";
-    let limpet = Limpet::start(&config(
+    let tables = "[upstream.app.health_check]\npath = \"/health\"\ninterval = \"1s\"\ntimeout = \"3s\"\npasses = 2\n";
+    let mut limpet = Limpet::start_unready(&config(
         "round_robin",
         "",
         &[server_table(slow.addr, "")],
         tables,
     ));
-    // limpet serves at once: the server is "checking", so the request is answered by limpet itself.
-    assert_eq!(state(&limpet, slow.addr).await, "checking");
+    // The first check hangs for up to its 3 s timeout: meanwhile /healthz says so, and nothing is accepted.
+    let healthz = get(limpet.admin.unwrap(), "/healthz").await;
+    assert_eq!(healthz.status, 503, "{}", healthz.text());
+    assert!(healthz.text().contains("starting"), "{}", healthz.text());
+    assert!(!limpet
+        .logs()
+        .iter()
+        .any(|l| l.contains(" listening ") && !l.contains("admin listening")));
+    let st = status(&limpet).await;
+    assert_eq!(st["ready"], false, "{st}");
+
+    limpet.wait_listening(1);
+    assert_eq!(get(limpet.admin.unwrap(), "/healthz").await.status, 200);
+    // Silent past the timeout: down, not "checking", and limpet answers for it.
+    assert_eq!(state(&limpet, slow.addr).await, "down");
     assert_eq!(get(limpet.addr(), "/x").await.status, 502);
     assert_eq!(slow.clients(), 0);
 
+    // Checked on: `passes` passes bring it up.
     slow.set(Mode::Ok);
     wait_state(&limpet, slow.addr, "up").await;
     let passes = metric(
@@ -315,11 +328,38 @@ async fn a_checked_server_starts_checking_and_takes_traffic_after_its_first_pass
         &[&format!("server=\"{}\"", slow.addr), "result=\"ok\""],
     )
     .await;
-    assert!(
-        passes < 3.0,
-        "admitted after {passes} passes, not the first"
-    );
+    assert!(passes >= 2.0, "up after {passes} passes");
     assert_eq!(get(limpet.addr(), "/x").await.text(), "slow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_added_by_a_reload_takes_traffic_after_its_first_pass_while_the_others_serve() {
+    let old = HttpBackend::start("old").await;
+    let new = Switch::start("new", Mode::Hang).await;
+    let tables =
+        "[upstream.app.health_check]\npath = \"/health\"\ninterval = \"1s\"\ntimeout = \"5s\"\n";
+    let limpet = Limpet::start(&config(
+        "round_robin",
+        "",
+        &[server_table(old.addr, "")],
+        tables,
+    ));
+    limpet.write_config(&config(
+        "round_robin",
+        "",
+        &[server_table(old.addr, ""), server_table(new.addr, "")],
+        tables,
+    ));
+    limpet.signal("HUP");
+    limpet.wait_log("config reloaded", WAIT).await;
+    // Its first check hangs: it is "checking" and takes nothing; the old server serves every request.
+    assert_eq!(state(&limpet, new.addr).await, "checking");
+    for i in 0..6 {
+        assert_eq!(get(limpet.addr(), &format!("/{i}")).await.text(), "old");
+    }
+    new.set(Mode::Ok);
+    wait_state(&limpet, new.addr, "up").await;
+    assert!(bodies(limpet.addr(), 6).await.contains(&"new".to_string()));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

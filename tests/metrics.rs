@@ -107,6 +107,22 @@ async fn every_design_metric_is_exported_and_promtool_finds_nothing_to_say() {
             "no {kind} {name} in:\n{text}"
         );
     }
+    // Beyond the design's list: what operators watch in an outage.
+    for name in [
+        "limpet_upstream_connections_opened_total",
+        "limpet_access_log_dropped_total",
+    ] {
+        assert!(
+            text.contains(&format!("\n# TYPE {name} counter\n")),
+            "no counter {name} in:\n{text}"
+        );
+    }
+    assert!(sample(&text, "limpet_upstream_connections_opened_total", &s).unwrap_or(0.0) >= 1.0);
+    assert!(
+        text.lines()
+            .any(|l| l == "limpet_access_log_dropped_total 0"),
+        "{text}"
+    );
     assert_eq!(sample(&text, "limpet_sticky_learned_total", &s), Some(1.0));
     let hits = [("upstream", "app"), ("result", "hit")];
     assert_eq!(

@@ -28,9 +28,8 @@ use request::Prepared;
 pub use request::{HeadCounts, HeadScan};
 use sticky::{Learn, Plan, Target};
 
-/// Per-request warnings, each kind at most once a second.
+/// Failed requests, logged at most once a second (failed connects are limited per server).
 static PROXY_ERRORS: WarnLimit = WarnLimit::new();
-static CONNECT_ERRORS: WarnLimit = WarnLimit::new();
 
 /// What limpet knows of the client connection a request came on.
 #[derive(Clone)]
@@ -207,7 +206,7 @@ async fn send(
         let conn = match peer.pool.get(loc.connect_timeout).await {
             Ok(conn) => conn,
             Err(e) => {
-                if let Some(held_back) = CONNECT_ERRORS.allow() {
+                if let Some(held_back) = peer.state.connect_warnings.allow() {
                     warn!(upstream = %name, server = %peer.spec.name, error = %e, held_back, "connect failed");
                 }
                 peer.record_failure(name, &e);

@@ -213,8 +213,8 @@ fn cookie_sid(req: &Request<Incoming>) -> Option<&str> {
         .find_map(engineio::cookie_sid)
 }
 
-/// A session pinned to a server that could not be reached is lost: it is forgotten, and the client told at
-/// once, as Engine.IO would.
+/// A session pinned to a server that could not be reached is lost (counted as a `dead` lookup): it is
+/// forgotten, and the client told at once, as Engine.IO would.
 pub fn lost_session(
     upstream: &Upstream,
     session: Option<&str>,
@@ -227,6 +227,7 @@ pub fn lost_session(
     if let Some(sid) = session {
         table.forget(sid);
     }
+    upstream.lookups.dead.inc();
     ProxyError::SessionUnknown { upgrade }
 }
 

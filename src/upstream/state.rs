@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use crate::config::ServerSpec;
 use crate::metrics::ServerMetrics;
+use crate::warn_limit::WarnLimit;
 
 /// Stable identity of a server across reloads (what the sticky table stores).
 pub type ServerId = u32;
@@ -53,6 +54,8 @@ pub struct ServerState {
     checked: AtomicBool,
     /// A passive mark was logged and its end not yet.
     passive_logged: AtomicBool,
+    /// Failed connects to this server, logged at most once a second.
+    pub connect_warnings: WarnLimit,
 }
 
 /// `down_until_ms` of a passive mark that only an active pass clears.
@@ -73,6 +76,7 @@ impl ServerState {
             down_until_ms: AtomicU64::new(0),
             checked: AtomicBool::new(false),
             passive_logged: AtomicBool::new(false),
+            connect_warnings: WarnLimit::new(),
         }
     }
 

@@ -68,6 +68,22 @@ impl Limpet {
         Limpet::start_expect(config, 1)
     }
 
+    /// Starts limpet on `config` (which has `[admin]`) and returns as soon as the admin listener is up, before
+    /// limpet is ready; `wait_listening` waits for the rest.
+    pub fn start_unready(config: &str) -> Limpet {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("limpet.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut l = Limpet::spawn(dir, config_path);
+        l.wait_ready(0, true);
+        l
+    }
+
+    /// Waits (10 s at most) until `listeners` listeners report their address.
+    pub fn wait_listening(&mut self, listeners: usize) {
+        self.wait_ready(listeners, self.admin.is_some());
+    }
+
     fn spawn(dir: tempfile::TempDir, config_path: PathBuf) -> Limpet {
         let mut child = Command::new(env!("CARGO_BIN_EXE_limpet"))
             .arg("-c")
