@@ -101,6 +101,9 @@ impl Snapshot {
 /// A shared session store and what it was built from: (Redis URL, key prefix, store).
 type StoreEntry = (String, String, Arc<SessionStore>);
 
+/// A server's pool and what it was built from.
+type PoolEntry = (PoolKey, Arc<Pool>);
+
 /// What a pool is built from: a reload keeps the pool (and its warm connections) while this stays the same.
 #[derive(PartialEq)]
 struct PoolKey {
@@ -119,7 +122,7 @@ pub struct Carry {
     by_id: Arc<ArcSwap<HashMap<ServerId, Arc<ServerState>>>>,
     tables: Mutex<HashMap<String, Arc<SessionTable>>>,
     stores: Mutex<HashMap<String, StoreEntry>>,
-    pools: Mutex<HashMap<(String, String), (PoolKey, Arc<Pool>)>>,
+    pools: Mutex<HashMap<(String, String), PoolEntry>>,
     next_id: Mutex<ServerId>,
 }
 

@@ -76,6 +76,64 @@ async fn a_burst_of_clients_at_readiness_spreads_over_every_node() {
     );
 }
 
+/// Sticky sessions per server in `/status`, in config order.
+async fn sessions_per_server(limpet: &Limpet) -> Vec<u64> {
+    status(limpet).await["upstreams"]["io_nodes"]["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| s["sticky_sessions"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_under_load_the_reconnecting_fleet_spreads_over_every_node() {
+    let fleet = NodeFleet::start(3, &[]);
+    let first = Limpet::start(&shipped_config(&fleet.addrs(), &[]));
+    let port = first.addr().port();
+    let load = SioClient::spawn(
+        &first.url(),
+        "--clients 150 --transports polling --emits 1 --hold 12000 --reconnect",
+    );
+    eventually(WAIT, "150 sessions through the first limpet", || async {
+        (sessions_per_server(&first).await.iter().sum::<u64>() >= 150).then_some(())
+    })
+    .await;
+    // A crash and a restart on the same port: every client reconnects at once, into the new one's backlog.
+    drop(first);
+    let config = shipped_config(
+        &fleet.addrs(),
+        &[(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"127.0.0.1:{port}\"]"),
+        )],
+    );
+    let second = Limpet::start(&config);
+    let per_node = eventually(WAIT, "150 sessions back", || async {
+        let n = sessions_per_server(&second).await;
+        (n.iter().sum::<u64>() >= 150).then_some(n)
+    })
+    .await;
+    let (max, min) = (
+        per_node.iter().max().unwrap(),
+        per_node.iter().min().unwrap(),
+    );
+    assert!(
+        *min > 0 && *max * 2 <= *min * 3,
+        "the reconnect burst after a restart: max/min must be within 1.5, got {per_node:?}"
+    );
+    // Every client is served again through the new limpet, to the end of its run.
+    let r = load.await.expect("client.js");
+    assert_eq!(r["connected"], 150, "{r}");
+    assert_eq!(r["unfinished"], 0, "{r}");
+    assert_eq!(r["timed_out"], false, "{r}");
+    let m = second.metrics().await;
+    assert!(
+        support::metrics::metric(&m, "limpet_sticky_learned_total", &[]) >= 150.0,
+        "{m}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_a_silent_server_only_its_check_timeout_and_counts_it_down() {
     let live = HttpBackend::start("live").await;
