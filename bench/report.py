@@ -21,6 +21,7 @@ ROWS = [
     ("close_p99", "  p99 latency, ms", "lower", 3),
     ("close_cpu", "  proxy CPU, us/req", "lower", 2),
     ("close_sys", "    of which kernel, us/req", "lower", 2),
+    ("reload_conns", "upstream conns per 1,000 req, reload every 2 s", "lower", 1),
     ("ws_rate", "WS echo {conns} conns {ws_bytes} B, msg/s", "higher", 0),
     ("ws_p99", "  p99 round trip, ms", "lower", 3),
     ("ws_cpu", "  proxy CPU, us/msg", "lower", 2),

@@ -389,7 +389,8 @@ start_proxy() {
             ;;
         haproxy)
             fill_template "$BENCH/haproxy.cfg.tmpl" "$dir" >"$dir/haproxy.cfg"
-            taskset -c "$PROXY_CORE" haproxy -db -f "$dir/haproxy.cfg" >"$dir/out.log" 2>&1 &
+            # -W (master-worker) only where the run reloads it: SIGUSR2 to the master reloads.
+            taskset -c "$PROXY_CORE" haproxy -db ${RELOADABLE:+-W} -f "$dir/haproxy.cfg" >"$dir/out.log" 2>&1 &
             ;;
     esac
     PROXY_MAIN=$!
@@ -585,6 +586,48 @@ throughput_rounds() {
     P_PID=()
 }
 
+# The backend's count of connections accepted so far.
+backend_connections() {
+    python3 - "$BACKEND_PORT" <<'EOF'
+import sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+with opener.open(f"http://127.0.0.1:{sys.argv[1]}/connections", timeout=5) as r:
+    print(r.read().decode())
+EOF
+}
+
+# Reloads under load: wrk for DURATION on a fresh proxy reloaded every 2 s; upstream connections the backend
+# accepted meanwhile, per 1,000 requests (a proxy that keeps its pools across a reload opens none).
+reload_runs() {
+    local p out c0 c1 reqs sig i wrk_pid
+    for p in "${RUN[@]}"; do
+        RELOADABLE=1 start_proxy "$p" || { note "$p: start for the reload run failed"; continue; }
+        run_waited taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$PROXY_PORT/" >/dev/null 2>&1 || true
+        case $p in haproxy) sig=USR2 ;; *) sig=HUP ;; esac
+        out=$WORK/$p.reload.wrk
+        c0=$(backend_connections)
+        taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$PROXY_PORT/" >"$out" 2>&1 &
+        wrk_pid=$!
+        PIDS+=("$wrk_pid")
+        for ((i = 2; i < DURATION; i += 2)); do
+            sleep 2
+            kill -"$sig" "$PROXY_MAIN" 2>/dev/null || true
+        done
+        wait "$wrk_pid" || true
+        forget_pid "$wrk_pid"
+        c1=$(backend_connections)
+        reqs=$(awk '/ requests in / { print $1 }' "$out")
+        if [[ -z $reqs || $reqs == 0 ]]; then
+            note "$p reload: wrk completed no request"
+        else
+            record "$p" reload_conns "$(calc "($c1 - $c0) * 1000 / $reqs" 1)"
+            say "bench: $p reload: $((c1 - c0)) upstream connections for $reqs requests"
+        fi
+        commit
+        stop_proxy
+    done
+}
+
 # Idle memory: a fresh proxy for each count, so memory freed by an earlier run cannot be reused.
 idle_runs() {
     local p n slot r
@@ -681,6 +724,7 @@ fi
 start_all
 ((${#RUN[@]})) || die "no proxy started"
 throughput_rounds
+reload_runs
 idle_runs
 
 # --- report -----------------------------------------------------------------------------------

@@ -55,6 +55,8 @@ pub enum ApplyError {
     Config(#[from] config::ConfigError),
     #[error("{0}")]
     Bind(String),
+    #[error("still starting (first health checks): reload refused")]
+    Starting,
 }
 
 impl App {
@@ -190,9 +192,7 @@ impl App {
 
     fn try_reload(self: &Arc<Self>, loaded: config::Loaded) -> Result<(), ApplyError> {
         if !self.is_ready() {
-            return Err(ApplyError::Bind(
-                "still starting (first health checks): reload refused".into(),
-            ));
+            return Err(ApplyError::Starting);
         }
         for w in &loaded.warnings {
             warn!("config: {w}");

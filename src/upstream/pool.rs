@@ -195,11 +195,6 @@ impl Pool {
         self.tls.store(tls.map(Arc::new));
     }
 
-    /// Connections idle in the pool now.
-    pub fn idle_len(&self) -> usize {
-        self.lock().len()
-    }
-
     /// A new stream to the server, outside the pool: the TCP connect and any TLS handshake within `timeout`.
     pub async fn open(&self, timeout: Duration) -> Result<UpstreamStream, ConnectError> {
         tokio::time::timeout(timeout, self.open_now())

@@ -1,6 +1,8 @@
-//! HTTP/1.1 origin for the bench: `GET /64k` → 65,536 bytes, any other request → "ok".
+//! HTTP/1.1 origin for the bench: `GET /64k` → 65,536 bytes, `GET /connections` → how many connections it has
+//! accepted so far, any other request → "ok".
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use bytes::Bytes;
 use clap::Parser;
@@ -15,8 +17,11 @@ use tokio::net::TcpStream;
 
 static BODY_64K: [u8; 65536] = [b'x'; 65536];
 
+/// Connections accepted since the start.
+static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+
 #[derive(Parser)]
-#[command(about = "HTTP/1.1 bench origin: / -> \"ok\", /64k -> 65536 bytes")]
+#[command(about = "HTTP/1.1 bench origin: / -> \"ok\", /64k -> 65536 bytes, /connections -> accepted so far")]
 struct Args {
     #[command(flatten)]
     origin: OriginArgs,
@@ -27,6 +32,7 @@ fn main() -> std::io::Result<()> {
 }
 
 async fn serve(stream: TcpStream) {
+    ACCEPTED.fetch_add(1, Relaxed);
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service_fn(respond));
@@ -35,10 +41,10 @@ async fn serve(stream: TcpStream) {
 }
 
 async fn respond(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = if req.uri().path() == "/64k" {
-        Bytes::from_static(&BODY_64K)
-    } else {
-        Bytes::from_static(b"ok")
+    let body = match req.uri().path() {
+        "/64k" => Bytes::from_static(&BODY_64K),
+        "/connections" => Bytes::from(ACCEPTED.load(Relaxed).to_string()),
+        _ => Bytes::from_static(b"ok"),
     };
     let mut resp = Response::new(Full::new(body));
     resp.headers_mut()
