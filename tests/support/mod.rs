@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 pub use backend::{backends, HttpBackend, RawBackend, RawReply, WsBackend};
 pub use client::*;
 pub use encode::percent_encode;
-pub use node::{assert_clean, NodeFleet, SioClient};
+pub use node::{assert_clean, assert_connected_cleanly, NodeFleet, SioClient};
 
 /// Waits until `f` returns Some, polling every 20 ms, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
