@@ -78,7 +78,7 @@ async function startLimpet(dir, nodeAddrs) {
   const config = path.join(dir, 'limpet.toml');
   fs.writeFileSync(config, limpetConfig(nodeAddrs));
   const limpet = new Proc('limpet', limpetBinary(), ['-c', config], { env: { ...process.env, RUST_LOG: 'info' } });
-  const listen = await limpet.waitFor(/ listening .*local=(\S+)/, WAIT_MS, 'listening line');
+  const listen = await limpet.waitFor(/ listening listen=\S+ local=(\S+)/, WAIT_MS, 'listening line');
   const admin = await limpet.waitFor(/admin listening .*local=(\S+)/, WAIT_MS, 'admin listening line');
   return { limpet, url: `http://${listen[1]}`, admin: `http://${admin[1]}` };
 }
