@@ -70,24 +70,16 @@ struct Streak {
 impl Streak {
     /// The new health when this result flips it.
     fn observe(&mut self, ok: bool, current: Health, hc: &HealthCheck) -> Option<Health> {
+        // A server still "checking" is decided by its first result either way.
+        let needed = |n: u32| if current == Health::Checking { 1 } else { n };
         if ok {
             self.fails = 0;
             self.passes += 1;
-            let needed = if current == Health::Checking {
-                1
-            } else {
-                hc.passes
-            };
-            (current != Health::Up && self.passes >= needed).then_some(Health::Up)
+            (current != Health::Up && self.passes >= needed(hc.passes)).then_some(Health::Up)
         } else {
             self.passes = 0;
             self.fails += 1;
-            let needed = if current == Health::Checking {
-                1
-            } else {
-                hc.fails
-            };
-            (current != Health::Down && self.fails >= needed).then_some(Health::Down)
+            (current != Health::Down && self.fails >= needed(hc.fails)).then_some(Health::Down)
         }
     }
 }

@@ -13,18 +13,12 @@ use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The `/status` document.
-async fn status(limpet: &Limpet) -> serde_json::Value {
-    json(&get(limpet.admin.expect("admin"), "/status").await.text())
-}
-
 /// The state `/status` gives each server of upstream `name`, in config order.
 async fn states(limpet: &Limpet, name: &str) -> Vec<String> {
-    status(limpet).await["upstreams"][name]["servers"]
-        .as_array()
-        .expect("servers")
+    let states = limpet.server_fields(name, "state").await;
+    states
         .iter()
-        .map(|s| s["state"].as_str().unwrap_or("?").to_string())
+        .map(|s| s.as_str().unwrap_or("?").to_string())
         .collect()
 }
 
@@ -69,12 +63,8 @@ async fn a_burst_of_clients_at_readiness_spreads_over_every_node() {
 
 /// Open WebSocket tunnels per server in `/status`, in config order.
 async fn tunnels_per_server(limpet: &Limpet) -> Vec<u64> {
-    status(limpet).await["upstreams"]["io_nodes"]["servers"]
-        .as_array()
-        .expect("servers")
-        .iter()
-        .map(|s| s["tunnels"].as_u64().unwrap_or(0))
-        .collect()
+    let tunnels = limpet.server_fields("io_nodes", "tunnels").await;
+    tunnels.iter().map(|t| t.as_u64().unwrap_or(0)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,15 +158,9 @@ fn config(balance: &str, location_keys: &str, servers: &[String], tables: &str) 
     )
 }
 
-async fn status(l: &Limpet) -> Value {
-    let r = get(l.admin.unwrap(), "/status").await;
-    assert_eq!(r.status, 200);
-    serde_json::from_slice(&r.body).unwrap()
-}
-
 /// The /status entry of one server of upstream "app".
 async fn server_status(l: &Limpet, addr: SocketAddr) -> Value {
-    let st = status(l).await;
+    let st = l.status().await;
     server_entry(&st, addr)
 }
 
@@ -309,7 +303,7 @@ async fn limpet_is_not_ready_until_the_first_checks_and_a_hanging_server_counts_
         .logs()
         .iter()
         .any(|l| l.contains(" listening ") && !l.contains("admin listening")));
-    let st = status(&limpet).await;
+    let st = limpet.status().await;
     assert_eq!(st["ready"], false, "{st}");
 
     limpet.wait_listening(1);

@@ -89,6 +89,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Still open, and idle for less than `timeout`.
+    fn fresh(&self, timeout: Duration) -> bool {
+        !self.sender.is_closed() && self.since.elapsed() < timeout
+    }
+}
+
 /// The idle connections of one server.
 pub struct Pool {
     addr: SocketAddr,
@@ -131,7 +138,7 @@ impl Pool {
     fn pop(&self) -> Option<SendRequest<RequestBody>> {
         loop {
             let idle = self.lock().pop_back()?;
-            if !idle.sender.is_closed() && idle.since.elapsed() < self.keepalive_timeout {
+            if idle.fresh(self.keepalive_timeout) {
                 return Some(idle.sender);
             }
         }
@@ -177,7 +184,7 @@ impl Pool {
 
     /// Closes the connections idle for `keepalive_timeout` or more, and those the server closed.
     pub fn close_idle(&self) {
-        let fresh = |i: &Idle| !i.sender.is_closed() && i.since.elapsed() < self.keepalive_timeout;
+        let fresh = |i: &Idle| i.fresh(self.keepalive_timeout);
         let stale: VecDeque<Idle> = {
             let mut idle = self.lock();
             if idle.iter().all(fresh) {

@@ -174,6 +174,23 @@ impl Limpet {
             .text()
     }
 
+    /// The admin listener's `/status` document.
+    pub async fn status(&self) -> serde_json::Value {
+        let r = get(self.admin.expect("config has no [admin]"), "/status").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_slice(&r.body).expect("/status is JSON")
+    }
+
+    /// One field of every server of upstream `name` in `/status`, in config order.
+    pub async fn server_fields(&self, name: &str, field: &str) -> Vec<serde_json::Value> {
+        self.status().await["upstreams"][name]["servers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no upstream {name} in /status"))
+            .iter()
+            .map(|s| s[field].clone())
+            .collect()
+    }
+
     /// Every line limpet wrote to stderr so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
