@@ -1,8 +1,13 @@
 //! The admin listener: `GET /metrics`, `/healthz`, `/status`; `POST /reload`,
 //! `POST /servers/{upstream}/{addr}/drain` and `/undrain`.
+//!
+//! Browsers are kept out: a request with a cross-site `Origin` or `Sec-Fetch-Site`, or a `Host` that is not an IP
+//! address or `localhost` (DNS rebinding), gets 403. Every method but GET and HEAD changes state and needs the
+//! bearer token of `[admin] token_file` when one is set (401 without it).
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -10,31 +15,45 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, info};
 
 use crate::app::App;
-use crate::config::Balance;
+use crate::config::{AdminToken, Balance};
 use crate::upstream::state::DrainOverride;
 use crate::upstream::{now_ms, Health, Peer};
 
 type AdminResponse = Response<Full<Bytes>>;
+
+/// Admin connections held at once; past it, new ones are closed.
+const MAX_CONNECTIONS: usize = 256;
+/// A request head must arrive whole within this of its connection's start or of the previous answer: it bounds
+/// both a slow head and an idle keep-alive connection.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest request head.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Serves the admin API on `listener` until the process stops.
 pub async fn serve(app: Arc<App>, listener: TcpListener) {
     if let Ok(local) = listener.local_addr() {
         info!(local = %local, "admin listening");
     }
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 debug!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "admin connections at their cap: connection closed");
+            continue;
         };
         let app = app.clone();
         tokio::spawn(async move {
@@ -43,13 +62,37 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
                 async move { Ok::<_, Infallible>(route(&app, req).await) }
             });
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }
 
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
+    if let Err(why) = same_origin(&req) {
+        return text(StatusCode::FORBIDDEN, format!("forbidden: {why}\n"));
+    }
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let snap = app.snapshot();
+        let token = snap.config.admin.as_ref().and_then(|a| a.token.as_ref());
+        if let Some(token) = token {
+            if !authorized(&req, token) {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    "a bearer token is needed (admin.token_file)\n",
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"limpet admin\""),
+                );
+                return r;
+            }
+        }
+    }
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => metrics(app),
@@ -65,6 +108,72 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Refuses what a browser sends on behalf of another site: a cross-site `Origin` or `Sec-Fetch-Site`, and a `Host`
+/// that is neither an IP address nor `localhost` (a page that rebinds its own name to this address).
+fn same_origin(req: &Request<Incoming>) -> Result<(), &'static str> {
+    let h = req.headers();
+    let host = h.get(header::HOST).map(|v| v.as_bytes());
+    if let Some(host) = host {
+        if !local_host(host) {
+            return Err("Host must be an IP address or localhost");
+        }
+    }
+    if let Some(site) = h.get("sec-fetch-site") {
+        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+            return Err("cross-site request");
+        }
+    }
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let authority = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, a)| a.as_bytes());
+        if authority.is_none() || authority != host {
+            return Err("cross-origin request");
+        }
+    }
+    Ok(())
+}
+
+/// Is a `Host` value an IP address or `localhost`, with or without a port?
+fn local_host(host: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let Ok(authority) = text.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority.host();
+    let name = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Does the request carry `Authorization: Bearer <token>`? Compared in constant time.
+fn authorized(req: &Request<Incoming>, token: &AdminToken) -> bool {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    let Some(given) = value
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+        .and_then(|_| value.get(7..))
+    else {
+        return false;
+    };
+    let want = token.0.as_bytes();
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,8 +15,9 @@ use tracing::{error, info, warn};
 
 use crate::access_log::{AccessLog, Logged};
 use crate::config::{self, Config, Problem};
+use crate::conn::slots::{Admitted, Slots};
 use crate::health::FirstRound;
-use crate::listener::{Listeners, Permit};
+use crate::listener::Listeners;
 use crate::metrics::metrics;
 use crate::proxy::{ClientInfo, Outcome};
 use crate::runtime::{self, Carry, Snapshot};
@@ -27,7 +28,8 @@ pub struct App {
     snapshot: ArcSwap<Snapshot>,
     carry: Carry,
     config_path: PathBuf,
-    connections: Arc<AtomicUsize>,
+    /// Every client connection's slot, against `max_connections`.
+    slots: Arc<Slots>,
     /// Every connection and tunnel, for graceful shutdown.
     pub tracker: TaskTracker,
     stopping: watch::Sender<bool>,
@@ -90,7 +92,7 @@ impl App {
             snapshot: ArcSwap::from_pointee(snapshot),
             carry,
             config_path,
-            connections: Arc::new(AtomicUsize::new(0)),
+            slots: Arc::new(Slots::default()),
             tracker: TaskTracker::new(),
             stopping: watch::channel(false).0,
             listeners: Mutex::new(listeners),
@@ -134,11 +136,11 @@ impl App {
         self.snapshot.load_full()
     }
 
-    /// A place for a new client connection, or None past `max_connections`. `gauge` is its listener's
-    /// `limpet_client_connections_active`.
-    pub fn admit(&self, gauge: &IntGauge) -> Option<Permit> {
+    /// A place for a new client connection under `max_connections` (at the cap, in place of idle keep-alive
+    /// connections told to close). `gauge` is its listener's `limpet_client_connections_active`.
+    pub fn admit(&self, gauge: &IntGauge) -> Admitted {
         let max = self.snapshot.load().config.global.max_connections;
-        Permit::take(&self.connections, max, gauge.clone())
+        self.slots.admit(max, gauge)
     }
 
     /// Watches the shutdown flag.

@@ -15,6 +15,7 @@
 //! - [`metrics`], [`admin`], [`access_log`]: what operators see.
 //! - [`tls`], [`proxy_protocol`], [`stream`]: the edge.
 //! - [`convert_nginx`]: `limpet convert-nginx`.
+//! - [`conn`]: a connection's deadlines and slots (the connection cap, per-address caps, idle reuse).
 //! - [`warn_limit`]: per-request warnings, rate-limited.
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod conn;
 pub mod convert_nginx;
 pub mod health;
 pub mod listener;

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,10 +26,13 @@ use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::app::App;
+use crate::config::{canonical_ip, Cidr};
+use crate::conn::deadline::after;
+use crate::conn::slots::{Admitted, Clock, PerIp, Permit, Reuse};
 use crate::proxy::body::Held;
 use crate::proxy::{self, ClientInfo, ConnHold, HeadCounts, HeadScan};
 use crate::proxy_protocol::{self, ProxyHeader};
-use prometheus::IntGauge;
+use prometheus::IntCounter;
 
 /// Backlog of each listen socket.
 const BACKLOG: u32 = 4096;
@@ -116,9 +119,12 @@ async fn accept_loop(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
+    let label = key.to_string();
     let gauge = crate::metrics::metrics()
         .client_connections
-        .with_label_values(&[&key.to_string()]);
+        .with_label_values(&[&label]);
+    let closed = Closed::new(&label);
+    let per_ip = Arc::new(PerIp::default());
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -126,17 +132,63 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Some(permit) = app.admit(&gauge) else {
-                    debug!(%peer, "max_connections reached: connection closed");
-                    continue;
+                let permit = match app.admit(&gauge) {
+                    Admitted::Slot { permit, reused } => {
+                        closed.idle_reused.inc_by(reused as u64);
+                        permit
+                    }
+                    Admitted::Full => {
+                        closed.max_connections.inc();
+                        debug!(%peer, "max_connections reached and no connection idle: connection closed");
+                        continue;
+                    }
                 };
                 let span = tracing::debug_span!("conn", %peer);
-                app.tracker
-                    .spawn(serve(app.clone(), key, stream, peer, permit).instrument(span));
+                let conn = Accepted {
+                    key,
+                    stream,
+                    peer,
+                    permit,
+                    per_ip: per_ip.clone(),
+                    closed: closed.clone(),
+                };
+                app.tracker.spawn(serve(app.clone(), conn).instrument(span));
             }
             Err(e) => accept_error(e).await,
         }
     }
+}
+
+/// Counters of connections a listener closed to protect itself, by reason.
+#[derive(Clone)]
+struct Closed {
+    max_connections: IntCounter,
+    max_connections_per_ip: IntCounter,
+    idle_reused: IntCounter,
+    proxy_protocol: IntCounter,
+}
+
+impl Closed {
+    fn new(listener: &str) -> Closed {
+        let vec = &crate::metrics::metrics().client_connections_closed;
+        let reason = |r: &str| vec.with_label_values(&[listener, r]);
+        Closed {
+            max_connections: reason("max_connections"),
+            max_connections_per_ip: reason("max_connections_per_ip"),
+            idle_reused: reason("idle_reused"),
+            proxy_protocol: reason("proxy_protocol"),
+        }
+    }
+}
+
+/// A connection just accepted, with its slot.
+struct Accepted {
+    key: SocketAddr,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Permit,
+    per_ip: Arc<PerIp>,
+    closed: Closed,
 }
 
 /// Accept errors never stop the server: per-connection ones are skipped, resource exhaustion waits a moment.
@@ -152,13 +204,17 @@ async fn accept_error(e: io::Error) {
     }
 }
 
-async fn serve(
-    app: Arc<App>,
-    key: SocketAddr,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    permit: Permit,
-) {
+async fn serve(app: Arc<App>, conn: Accepted) {
+    // The whole preamble (PROXY header, TLS handshake, first request head) has one client_header_timeout.
+    let started = Instant::now();
+    let Accepted {
+        key,
+        mut stream,
+        peer,
+        permit,
+        per_ip,
+        closed,
+    } = conn;
     let snap = app.snapshot();
     let Some(listener) = snap.listeners.get(&key).cloned() else {
         return;
@@ -170,23 +226,27 @@ async fn serve(
     let tls = listener.tls.clone();
     drop(listener);
     let _ = stream.set_nodelay(true);
-    let peer = if settings.proxy_protocol {
-        match proxy_protocol::read_header(&mut stream, settings.header_timeout).await {
-            Ok(ProxyHeader::Proxied { source, .. }) => source,
-            Ok(ProxyHeader::Local) => peer,
-            Err(e) => {
-                debug!(error = %e, "bad PROXY protocol header: connection closed");
+    let deadline = after(started, settings.header_timeout);
+    let Some(peer) = client_address(&mut stream, peer, &settings, deadline).await else {
+        closed.proxy_protocol.inc();
+        return;
+    };
+    let per_ip = match settings.max_connections_per_ip {
+        0 => None,
+        max => match per_ip.take(canonical_ip(peer.ip()), max) {
+            Some(p) => Some(p),
+            None => {
+                closed.max_connections_per_ip.inc();
+                debug!(client = %peer, "max_connections_per_ip reached: connection closed");
                 return;
             }
-        }
-    } else {
-        peer
+        },
     };
     let (io, https) = match tls {
         None => (ClientStream::Tcp(stream), false),
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            match tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await {
+            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => (ClientStream::Tls(Box::new(s)), true),
                 Ok(Err(e)) => {
                     debug!(error = %e, "TLS handshake failed");
@@ -199,6 +259,7 @@ async fn serve(
             }
         }
     };
+    let reuse = (permit.reuse(), permit.clock());
     let client = ClientInfo {
         peer,
         peer_text: proxy::headers::ip_value(peer.ip()),
@@ -207,15 +268,69 @@ async fn serve(
         hold: Arc::new(ConnHold {
             tracker: app.tracker.clone(),
             _permit: permit,
+            _per_ip: per_ip,
         }),
     };
-    serve_http(app, settings, io, client).await;
+    serve_http(app, settings, io, client, started, reuse).await;
+}
+
+/// The client's address: the peer's, or the source a PROXY header gives when the listener expects one from this
+/// peer. None when the connection must close: a bad or missing header from a peer that must send one, or a
+/// header from a peer that may not.
+async fn client_address(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    settings: &ConnSettings,
+    deadline: Instant,
+) -> Option<SocketAddr> {
+    if !settings.proxy_protocol {
+        return Some(peer);
+    }
+    let from = &settings.proxy_protocol_from;
+    if !from.is_empty() && !from.iter().any(|c| c.contains(peer.ip())) {
+        if sends_proxy_header(stream, deadline).await {
+            debug!("PROXY header from a peer outside proxy_protocol_from: connection closed");
+            return None;
+        }
+        return Some(peer);
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    match proxy_protocol::read_header(stream, left).await {
+        Ok(ProxyHeader::Proxied { source, .. }) => Some(source),
+        Ok(ProxyHeader::Local) => Some(peer),
+        Err(e) => {
+            debug!(error = %e, "bad PROXY protocol header: connection closed");
+            None
+        }
+    }
+}
+
+/// Do a peer's first bytes start a PROXY header? Looked at without taking them; waits (up to `deadline`) only
+/// while the bytes so far could still be one. What is not one is left for TLS or HTTP to judge.
+async fn sends_proxy_header(stream: &TcpStream, deadline: Instant) -> bool {
+    /// A peer that stops inside a signature's first bytes is looked at again after this.
+    const RECHECK: Duration = Duration::from_millis(20);
+    let mut buf = [0u8; 12];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        match proxy_protocol::starts_header(&buf[..n]) {
+            Some(header) => return header,
+            None if Instant::now() >= deadline => return false,
+            // The same bytes would be peeked again at once: give the peer a moment to send more.
+            None => tokio::time::sleep(RECHECK.min(deadline - Instant::now())).await,
+        }
+    }
 }
 
 /// The connection-level settings of a listener, copied so a connection holds no snapshot.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct ConnSettings {
     proxy_protocol: bool,
+    proxy_protocol_from: Vec<Cidr>,
+    max_connections_per_ip: usize,
     header_timeout: Duration,
     keepalive_timeout: Duration,
     max_header_bytes: usize,
@@ -225,6 +340,8 @@ impl ConnSettings {
     fn of(block: &crate::config::ServerBlock) -> ConnSettings {
         ConnSettings {
             proxy_protocol: block.proxy_protocol,
+            proxy_protocol_from: block.proxy_protocol_from.clone(),
+            max_connections_per_ip: block.max_connections_per_ip,
             header_timeout: block.client_header_timeout,
             keepalive_timeout: block.keepalive_timeout,
             max_header_bytes: block.max_header_bytes,
@@ -232,10 +349,27 @@ impl ConnSettings {
     }
 }
 
-async fn serve_http(app: Arc<App>, settings: ConnSettings, io: ClientStream, client: ClientInfo) {
+async fn serve_http(
+    app: Arc<App>,
+    settings: ConnSettings,
+    io: ClientStream,
+    client: ClientInfo,
+    started: Instant,
+    (reuse, clock): (Arc<Reuse>, Clock),
+) {
     let service_app = app.clone();
-    let phase = Arc::new(ConnPhase::default());
-    let io = IdleIo::new(io, phase.clone(), &settings);
+    // Waiting for its first request, a connection is as idle as between two: reusable at the cap (as nginx).
+    reuse.idle(&clock);
+    let phase = Arc::new(ConnPhase {
+        reuse,
+        clock,
+        requests: AtomicU64::new(0),
+        busy: AtomicBool::new(false),
+        tunnel: AtomicBool::new(false),
+        waker: AtomicWaker::new(),
+        head: AtomicU64::new(0),
+    });
+    let io = IdleIo::new(io, phase.clone(), &settings, started);
     let client = Arc::new(client);
     let service = service_fn(move |req| {
         let (busy, head) = Busy::new(&phase);
@@ -282,38 +416,12 @@ fn log_conn_end(r: Result<(), hyper::Error>) {
     }
 }
 
-/// Counts a live client connection while held: against `max_connections` and in the per-listener gauge.
-pub struct Permit {
-    count: Arc<AtomicUsize>,
-    gauge: IntGauge,
-}
-
-impl Permit {
-    /// Takes a place among at most `max` connections, or None when they are all taken.
-    pub fn take(count: &Arc<AtomicUsize>, max: usize, gauge: IntGauge) -> Option<Permit> {
-        if count.fetch_add(1, Relaxed) >= max {
-            count.fetch_sub(1, Relaxed);
-            return None;
-        }
-        gauge.inc();
-        Some(Permit {
-            count: count.clone(),
-            gauge,
-        })
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Relaxed);
-        self.gauge.dec();
-    }
-}
-
 /// What a connection's service tells its [`IdleIo`]: a request is being served, or the connection has become a
 /// tunnel (which keeps its own idle timeout).
-#[derive(Default)]
 struct ConnPhase {
+    /// Idle between requests (reusable at the connection cap), or picked to close.
+    reuse: Arc<Reuse>,
+    clock: Clock,
     requests: AtomicU64,
     busy: AtomicBool,
     tunnel: AtomicBool,
@@ -350,6 +458,9 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        if !self.0.tunnel.load(Relaxed) {
+            self.0.reuse.idle(&self.0.clock);
+        }
         self.0.busy.store(false, Relaxed);
         self.0.waker.wake();
     }
@@ -389,9 +500,15 @@ pub fn take_upgraded(
 }
 
 impl IdleIo {
-    fn new(inner: ClientStream, phase: Arc<ConnPhase>, settings: &ConnSettings) -> IdleIo {
-        let now = Instant::now();
-        let armed = now + settings.header_timeout;
+    /// `started`: when the connection was accepted, the start of its first head's deadline.
+    fn new(
+        inner: ClientStream,
+        phase: Arc<ConnPhase>,
+        settings: &ConnSettings,
+        started: Instant,
+    ) -> IdleIo {
+        let now = started;
+        let armed = after(now, settings.header_timeout);
         IdleIo {
             inner,
             phase,
@@ -430,6 +547,7 @@ impl IdleIo {
             self.head_started = Some(self.last);
             self.scan = Some(HeadScan::default());
         }
+        self.phase.reuse.busy();
         if let Some(counts) = self.scan.as_mut().and_then(|s| s.feed(bytes)) {
             let n = self.seen_requests + 1;
             let packed = n << 24
@@ -448,11 +566,13 @@ impl IdleIo {
         self.sync();
         let read = (self.read_waiting && !self.phase.busy.load(Relaxed)).then(|| {
             match self.head_started {
-                Some(t) => t + self.header_timeout,
-                None => self.last + self.keepalive_timeout,
+                Some(t) => after(t, self.header_timeout),
+                None => after(self.last, self.keepalive_timeout),
             }
         });
-        let write = self.write_waiting.then(|| self.last + self.header_timeout);
+        let write = self
+            .write_waiting
+            .then(|| after(self.last, self.header_timeout));
         read.into_iter().chain(write).min()
     }
 
@@ -522,6 +642,9 @@ impl AsyncRead for IdleIo {
                 this.read_waiting = true;
                 if this.phase.busy.load(Relaxed) {
                     this.phase.waker.register(cx.waker());
+                } else if this.head_started.is_none() && this.phase.reuse.evicted(cx.waker()) {
+                    // Idle and picked to make room for a new connection: end as a client closing would.
+                    return Poll::Ready(Ok(()));
                 }
                 match this.poll_expired(cx) {
                     // Idle between requests: end quietly, as a client closing would.

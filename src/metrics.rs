@@ -29,6 +29,7 @@ pub struct Metrics {
     pub health_checks: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub client_connections: IntGaugeVec,
+    pub client_connections_closed: IntCounterVec,
 }
 
 const DURATION_BUCKETS: &[f64] = &[
@@ -156,6 +157,13 @@ impl Metrics {
                 "limpet_client_connections_active",
                 "Client connections open, by listener.",
                 &["server"],
+            ),
+            client_connections_closed: counter(
+                &r,
+                "limpet_client_connections_closed_total",
+                "Client connections limpet closed to protect itself, by listener and reason (max_connections, \
+                 max_connections_per_ip, idle_reused, proxy_protocol).",
+                &["server", "reason"],
             ),
             registry: r,
         }

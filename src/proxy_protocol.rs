@@ -66,6 +66,19 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyProtocolEr
     }
 }
 
+/// Do these first bytes of a connection start a PROXY header (v1 or v2)? None while too few to tell.
+pub fn starts_header(buf: &[u8]) -> Option<bool> {
+    let matches = |sig: &[u8]| {
+        let n = buf.len().min(sig.len());
+        (buf[..n] == sig[..n]).then_some(n == sig.len())
+    };
+    match (matches(V1_PREFIX), matches(&V2_SIGNATURE)) {
+        (Some(true), _) | (_, Some(true)) => Some(true),
+        (None, None) => Some(false),
+        _ => None,
+    }
+}
+
 /// Read exactly the PROXY header from `stream`, never past it, within `timeout`.
 pub async fn read_header<S: AsyncRead + Unpin>(
     stream: &mut S,
@@ -261,6 +274,18 @@ fn v2_addresses(family: u8, payload: &[u8]) -> Result<ProxyHeader, ProxyProtocol
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tells_a_header_from_its_first_bytes() {
+        assert_eq!(starts_header(b""), None);
+        assert_eq!(starts_header(b"PRO"), None);
+        assert_eq!(starts_header(b"PROXY TCP4"), Some(true));
+        assert_eq!(starts_header(b"\r\n\r\n\0\r\nQUIT\n!"), Some(true));
+        assert_eq!(starts_header(b"\r\n\r\n"), None);
+        assert_eq!(starts_header(b"GET / HTTP/1.1"), Some(false));
+        assert_eq!(starts_header(b"PUT"), Some(false));
+        assert_eq!(starts_header(&[0x16, 3, 1]), Some(false));
+    }
     use proptest::prelude::*;
 
     fn addr(s: &str) -> SocketAddr {

@@ -49,6 +49,19 @@ pub enum AccessLog {
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// The bearer token every state-changing endpoint asks for (read from `token_file`); None = no token set,
+    /// allowed on a loopback `listen` only.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer token; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 /// One `[[server]]`: a set of listen addresses and the locations served on them.
@@ -58,6 +71,11 @@ pub struct ServerBlock {
     pub server_name: Vec<String>,
     pub tls: Option<TlsFiles>,
     pub proxy_protocol: bool,
+    /// Peers that may (and must) send a PROXY header; empty = every peer. A PROXY header from any other peer
+    /// closes its connection.
+    pub proxy_protocol_from: Vec<Cidr>,
+    /// Client connections one address may hold on each listen address; 0 = no cap.
+    pub max_connections_per_ip: usize,
     pub trusted_proxies: Vec<Cidr>,
     pub client_header_timeout: Duration,
     pub keepalive_timeout: Duration,

@@ -29,6 +29,7 @@ pub struct RawGlobal {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +39,8 @@ pub struct RawServer {
     pub server_name: Option<Vec<String>>,
     pub tls: Option<RawTls>,
     pub proxy_protocol: Option<bool>,
+    pub proxy_protocol_from: Option<Vec<String>>,
+    pub max_connections_per_ip: Option<i64>,
     pub trusted_proxies: Option<Vec<String>>,
     pub client_header_timeout: Option<String>,
     pub keepalive_timeout: Option<String>,

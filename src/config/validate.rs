@@ -30,6 +30,10 @@ const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_HEALTH_PATH: &str = "/socket.io/?EIO=4&transport=polling";
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest duration any key takes (HAProxy caps its timeouts near 24.8 days, nginx near 24.8 days too).
+const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+/// A token shorter than this is accepted with a warning.
+const MIN_TOKEN_LEN: usize = 16;
 /// Socket.IO's default pingInterval + pingTimeout: a shorter read timeout cuts long-polls and idle WebSockets.
 const SOCKETIO_PING_WINDOW: Duration = Duration::from_secs(45);
 
@@ -55,14 +59,40 @@ impl Checker {
         });
     }
 
+    /// A duration, at most [`MAX_DURATION`] (so deadlines computed from it never overflow).
     fn duration(&mut self, path: &str, value: &Option<String>, default: Duration) -> Duration {
-        match value {
-            None => default,
-            Some(text) => parse_duration(text).unwrap_or_else(|e| {
+        let Some(text) = value else { return default };
+        match parse_duration(text) {
+            Ok(d) if d <= MAX_DURATION => d,
+            Ok(_) => {
+                self.error(
+                    path,
+                    format!(
+                        "{text:?} is too long: at most \"{}d\"",
+                        MAX_DURATION.as_secs() / 86_400
+                    ),
+                );
+                default
+            }
+            Err(e) => {
                 self.error(path, e);
                 default
-            }),
+            }
         }
+    }
+
+    /// A list of CIDRs (`10.0.0.0/8`, `::1`).
+    fn cidrs(&mut self, path: &str, value: &Option<Vec<String>>) -> Vec<Cidr> {
+        value
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                t.parse::<Cidr>()
+                    .map_err(|e| self.error(format!("{path}[{i}]"), e))
+                    .ok()
+            })
+            .collect()
     }
 
     fn positive_duration(
@@ -171,8 +201,48 @@ fn global(c: &mut Checker, g: &RawGlobal) -> Global {
 
 fn admin(c: &mut Checker, a: &RawAdmin) -> Option<Admin> {
     let text = a.listen.as_deref().unwrap_or("127.0.0.1:9100");
-    c.listen_addr("admin.listen", text)
-        .map(|listen| Admin { listen })
+    let listen = c.listen_addr("admin.listen", text)?;
+    let token = match a.token_file.as_deref() {
+        None | Some("") => None,
+        Some(file) => admin_token(c, file),
+    };
+    if token.is_none()
+        && a.token_file.as_deref().unwrap_or("").is_empty()
+        && !listen.ip().is_loopback()
+    {
+        c.error(
+            "admin.listen",
+            format!("{listen} is not a loopback address: set admin.token_file (a bearer token for reload, drain and the server API)"),
+        );
+    }
+    Some(Admin { listen, token })
+}
+
+/// Reads the admin token: the file's text without surrounding whitespace, one line of visible ASCII.
+fn admin_token(c: &mut Checker, file: &str) -> Option<AdminToken> {
+    let path = "admin.token_file";
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            c.error(path, format!("cannot read {file}: {e}"));
+            return None;
+        }
+    };
+    let token = text.trim();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        c.error(
+            path,
+            format!("{file} must hold one token of visible ASCII characters"),
+        );
+        return None;
+    }
+    if token.len() < MIN_TOKEN_LEN {
+        c.warn(
+            path,
+            format!("the token in {file} is shorter than {MIN_TOKEN_LEN} characters"),
+        );
+    }
+    Some(AdminToken(token.to_string()))
 }
 
 fn upstreams(c: &mut Checker, raw: &BTreeMap<String, RawUpstream>) -> BTreeMap<String, Upstream> {
@@ -575,17 +645,29 @@ fn server_block(
         .tls
         .as_ref()
         .and_then(|t| tls_files(c, &format!("{path}.tls"), t));
-    let trusted_proxies = s
-        .trusted_proxies
-        .iter()
-        .flatten()
-        .enumerate()
-        .filter_map(|(i, t)| {
-            t.parse::<Cidr>()
-                .map_err(|e| c.error(format!("{path}.trusted_proxies[{i}]"), e))
-                .ok()
-        })
-        .collect();
+    let trusted_proxies = c.cidrs(&format!("{path}.trusted_proxies"), &s.trusted_proxies);
+    let proxy_protocol = s.proxy_protocol.unwrap_or(false);
+    let proxy_protocol_from = c.cidrs(
+        &format!("{path}.proxy_protocol_from"),
+        &s.proxy_protocol_from,
+    );
+    if proxy_protocol && proxy_protocol_from.is_empty() {
+        c.warn(
+            format!("{path}.proxy_protocol_from"),
+            "empty: any peer that reaches this listener may claim any client address (list the balancers' CIDRs)",
+        );
+    } else if !proxy_protocol && !proxy_protocol_from.is_empty() {
+        c.warn(
+            format!("{path}.proxy_protocol_from"),
+            "has no effect without proxy_protocol = true",
+        );
+    }
+    let max_connections_per_ip = c.int(
+        &format!("{path}.max_connections_per_ip"),
+        s.max_connections_per_ip,
+        0,
+        0..=10_000_000,
+    ) as usize;
     let client_header_timeout = c.positive_duration(
         &format!("{path}.client_header_timeout"),
         &s.client_header_timeout,
@@ -620,7 +702,9 @@ fn server_block(
         listen,
         server_name: s.server_name.clone().unwrap_or_default(),
         tls,
-        proxy_protocol: s.proxy_protocol.unwrap_or(false),
+        proxy_protocol,
+        proxy_protocol_from,
+        max_connections_per_ip,
         trusted_proxies,
         client_header_timeout,
         keepalive_timeout,
@@ -775,11 +859,19 @@ fn check_shared_listen(
     (k, a): (usize, &ServerBlock),
     b: &ServerBlock,
 ) {
-    if a.tls.is_some() != b.tls.is_some() || a.proxy_protocol != b.proxy_protocol {
+    let connection_settings = |s: &ServerBlock| {
+        (
+            s.tls.is_some(),
+            s.proxy_protocol,
+            s.proxy_protocol_from.clone(),
+            s.max_connections_per_ip,
+        )
+    };
+    if connection_settings(a) != connection_settings(b) {
         c.error(
             path,
             format!(
-                "{addr} is also used by server[{k}] with different tls/proxy_protocol settings"
+                "{addr} is also used by server[{k}] with different tls/proxy_protocol/proxy_protocol_from/max_connections_per_ip settings"
             ),
         );
     } else if a.server_name.is_empty() && b.server_name.is_empty() {

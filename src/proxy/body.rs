@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
+use crate::conn::deadline::after;
 use crate::upstream::{InFlight, Upstream};
 
 /// Why a body stopped early.
@@ -74,13 +75,13 @@ impl Idle {
     /// Ready once `after` has passed since the first wait after the last progress.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let last = *self.last.get_or_insert_with(Instant::now);
-        let deadline = last + self.after;
+        let deadline = after(last, self.after);
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         loop {
             ready!(sleep.as_mut().poll(cx));
-            let deadline = self.last.unwrap_or(last) + self.after;
+            let deadline = after(self.last.unwrap_or(last), self.after);
             if Instant::now() >= deadline {
                 return Poll::Ready(());
             }

@@ -17,6 +17,7 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Removes hop-by-hop headers: every header named in `Connection`, then the fixed list and `Transfer-Encoding`
@@ -74,36 +75,77 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_maybe_shared(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// Sets `X-Forwarded-For` (appending the peer, whose text is `peer`), `X-Real-IP`, `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`. `client` is the client address when it differs from the peer's (`trusted_proxies`).
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    peer: &HeaderValue,
-    client: Option<IpAddr>,
-    https: bool,
-    host: Option<&HeaderValue>,
-) {
+/// What the forwarding headers of one request say.
+pub struct Forwarding<'a> {
+    /// The peer's address as header text.
+    pub peer: &'a HeaderValue,
+    /// The client address, when it differs from the peer's (`trusted_proxies`).
+    pub client: Option<IpAddr>,
+    pub https: bool,
+    /// The request's `Host`, when it has one.
+    pub host: Option<&'a HeaderValue>,
+    /// The peer is a trusted proxy: the `X-Forwarded-Proto`, `-Host`, `-Port` and `Forwarded` it sent stand.
+    pub trusted_peer: bool,
+}
+
+/// Sets the forwarding headers: `X-Forwarded-For` gets the peer appended, `X-Real-IP` is the client address.
+/// From a peer that is not a trusted proxy, `X-Forwarded-Proto` and `X-Forwarded-Host` are limpet's own
+/// (`X-Forwarded-Host` absent when the request has no `Host`), and `X-Forwarded-Port` and `Forwarded` are removed;
+/// a trusted proxy's stand, limpet's filling in what it left out.
+pub fn set_forwarded(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     let xff = match join_values(headers, &X_FORWARDED_FOR) {
         Some(mut prior) => {
             prior.extend_from_slice(b", ");
-            prior.extend_from_slice(peer.as_bytes());
+            prior.extend_from_slice(f.peer.as_bytes());
             HeaderValue::from_maybe_shared(bytes::Bytes::from(prior)).ok()
         }
-        None => Some(peer.clone()),
+        None => Some(f.peer.clone()),
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    let real = match client {
+    let real = match f.client {
         Some(ip) => ip_value(ip),
-        None => peer.clone(),
+        None => f.peer.clone(),
     };
     headers.insert(X_REAL_IP.clone(), real);
-    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
-    headers.insert(X_FORWARDED_PROTO.clone(), proto);
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    let proto = HeaderValue::from_static(if f.https { "https" } else { "http" });
+    if f.trusted_peer {
+        headers.entry(X_FORWARDED_PROTO.clone()).or_insert(proto);
+        if let Some(host) = f.host {
+            headers
+                .entry(X_FORWARDED_HOST.clone())
+                .or_insert_with(|| host.clone());
+        }
+        return;
     }
+    headers.insert(X_FORWARDED_PROTO.clone(), proto);
+    match f.host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    headers.remove(&X_FORWARDED_PORT);
+    headers.remove(header::FORWARDED);
+}
+
+/// Removes request headers whose names hold `_` (nginx's `underscores_in_headers off`): a server that reads
+/// `X_Forwarded_For` as `X-Forwarded-For` (CGI and WSGI map both to one name) must not get one from a client.
+pub fn strip_underscored(headers: &mut HeaderMap) {
+    if !headers.keys().any(underscored) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|k| underscored(k)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+fn underscored(name: &HeaderName) -> bool {
+    name.as_str().contains('_')
 }
 
 /// All values of a header joined with ", ", if it is present.
@@ -117,15 +159,63 @@ fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
     }))
 }
 
-/// The `X-Forwarded-For` addresses, left to right, that parse as IPs.
-pub fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
-    headers
-        .get_all(&X_FORWARDED_FOR)
+/// The client address `X-Forwarded-For` gives when the peer is a trusted proxy (nginx `real_ip_recursive on`):
+/// walking from the right, the first address that `trusted` does not hold. The walk stops at an entry that is not
+/// an address (`unknown`, garbage), keeping the last trusted hop; obs-text anywhere in the header keeps the peer.
+pub fn forwarded_client(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    trusted: impl Fn(IpAddr) -> bool,
+) -> IpAddr {
+    let values = headers.get_all(&X_FORWARDED_FOR);
+    if values.iter().any(|v| v.to_str().is_err()) {
+        return peer;
+    }
+    let mut client = peer;
+    let entries = values
         .iter()
+        .rev()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| t.trim().parse().ok())
-        .collect()
+        .flat_map(|v| v.rsplit(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty());
+    for entry in entries {
+        let Some(ip) = forwarded_ip(entry) else {
+            break;
+        };
+        client = ip;
+        if !trusted(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// An `X-Forwarded-For` entry as an address: `192.0.2.1`, `192.0.2.1:5555`, `2001:db8::1`, `[2001:db8::1]` or
+/// `[2001:db8::1]:443` (the port dropped, as nginx reads them).
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(crate::config::canonical_ip(ip));
+    }
+    if let Some(rest) = entry.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(valid_port);
+        return port_ok
+            .then(|| inside.parse::<std::net::Ipv6Addr>().ok())
+            .flatten()
+            .map(IpAddr::V6)
+            .map(crate::config::canonical_ip);
+    }
+    let (ip, port) = entry.rsplit_once(':')?;
+    let ip = ip.parse::<std::net::Ipv4Addr>().ok()?;
+    valid_port(port).then_some(IpAddr::V4(ip))
+}
+
+fn valid_port(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 5
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && text.parse::<u16>().is_ok()
 }
 
 #[cfg(test)]
@@ -159,18 +249,54 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
         h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let peer = ip_value(ip);
         set_forwarded(
             &mut h,
-            &ip_value(ip),
-            None,
-            false,
-            Some(&HeaderValue::from_static("example.com")),
+            &Forwarding {
+                peer: &peer,
+                client: None,
+                https: false,
+                host: Some(&HeaderValue::from_static("example.com")),
+                trusted_peer: false,
+            },
         );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
         assert_eq!(h["x-real-ip"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
-        assert_eq!(forwarded_for(&h).len(), 3);
+        let everyone = |_| true;
+        assert_eq!(forwarded_client(&h, ip, everyone).to_string(), "1.1.1.1");
+    }
+
+    fn client(xff: &[&[u8]], trusted: &[&str]) -> String {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", HeaderValue::from_bytes(v).unwrap());
+        }
+        let trusted: Vec<IpAddr> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        forwarded_client(&h, peer, |ip| ip == peer || trusted.contains(&ip)).to_string()
+    }
+
+    #[test]
+    fn forwarded_walk_stops_at_what_is_not_an_address() {
+        assert_eq!(client(&[b"6.6.6.6, 203.0.113.9"], &[]), "203.0.113.9");
+        assert_eq!(client(&[b"6.6.6.6, 203.0.113.9:5555"], &[]), "203.0.113.9");
+        assert_eq!(client(&[b"6.6.6.6, [2001:db8::1]:443"], &[]), "2001:db8::1");
+        assert_eq!(client(&[b"6.6.6.6, [2001:db8::1]"], &[]), "2001:db8::1");
+        assert_eq!(client(&[b"6.6.6.6, unknown"], &[]), "10.0.0.1");
+        assert_eq!(
+            client(&[b"6.6.6.6, 10.0.0.2, unknown"], &["10.0.0.2"]),
+            "10.0.0.1"
+        );
+        assert_eq!(
+            client(&[b"6.6.6.6, garbage, 10.0.0.2"], &["10.0.0.2"]),
+            "10.0.0.2"
+        );
+        assert_eq!(client(&[b"6.6.6.6:99999"], &[]), "10.0.0.1");
+        assert_eq!(client(&[b"6.6.6.6", b"\xff, 7.7.7.7"], &[]), "10.0.0.1");
+        assert_eq!(client(&[b"1.1.1.1", b"2.2.2.2"], &[]), "2.2.2.2");
+        assert_eq!(client(&[b"1.1.1.1, , "], &[]), "1.1.1.1");
     }
 
     #[test]

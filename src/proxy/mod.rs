@@ -49,7 +49,9 @@ pub struct ClientInfo {
 pub struct ConnHold {
     /// Tracks tunnels for graceful shutdown.
     pub tracker: tokio_util::task::TaskTracker,
-    pub _permit: crate::listener::Permit,
+    pub _permit: crate::conn::slots::Permit,
+    /// Its place under `max_connections_per_ip`, when the listener has one.
+    pub _per_ip: Option<crate::conn::slots::IpPermit>,
 }
 
 /// The outcome of one request, for metrics and the access log.
@@ -142,7 +144,8 @@ async fn forward(
     if limit != 0 && request::content_length(&req).is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge);
     }
-    let client_ip = request::client_ip(client, &site.block.trusted_proxies, req.headers());
+    let source = request::source(client, &site.block.trusted_proxies, req.headers());
+    let client_ip = source.ip;
     out.client_ip = Some(client_ip);
     let websocket = request::wants_websocket(&req);
     let plan = sticky::plan(&upstream, &req, websocket, out).await?;
@@ -152,7 +155,7 @@ async fn forward(
     });
     let hash_key = request::hash_key(&upstream, &req, client_ip);
     let body_idle = listener.block().client_header_timeout;
-    let prepared = request::prepare(req, route, client, client_ip, websocket, body_idle);
+    let prepared = request::prepare(req, route, client, source, websocket, body_idle);
     let key = match &hash_key {
         Some(bytes) => PickKey::Bytes(bytes),
         None => PickKey::Ip(client_ip),
@@ -226,6 +229,11 @@ async fn send(
                 continue;
             }
         };
+        if prepared.host_missing {
+            if let Ok(host) = HeaderValue::from_str(&peer.spec.name) {
+                prepared.request.headers_mut().insert(header::HOST, host);
+            }
+        }
         match exchange(conn, prepared, loc.read_timeout).await {
             Exchange::Done(resp, sender) => {
                 if let Err(e) = check_response(&resp) {
@@ -273,6 +281,7 @@ async fn exchange(
         request,
         reusable,
         body_sent,
+        host_missing,
     } = prepared;
     let answer = conn.sender.try_send_request(request);
     tokio::pin!(answer);
@@ -300,6 +309,7 @@ async fn exchange(
                     request,
                     reusable,
                     body_sent,
+                    host_missing,
                 })
             }
             _ => Exchange::Failed(upstream_error(e.into_error())),

@@ -11,7 +11,9 @@ use hyper::body::Incoming;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::body::RequestBody;
-use super::headers::{forwarded_for, has_token, set_forwarded, strip_hop_by_hop};
+use super::headers::{
+    forwarded_client, has_token, set_forwarded, strip_hop_by_hop, strip_underscored, Forwarding,
+};
 use super::{ClientInfo, ProxyError};
 use crate::balance::Method as Balance;
 use crate::config::{Cidr, HashKey};
@@ -27,6 +29,8 @@ pub struct Prepared {
     /// Fires once the request body has been sent whole (or given up): the response wait starts then. None when
     /// there is no body to send.
     pub body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// The client sent no `Host` (HTTP/1.0): the server's address is sent as one, as nginx's `$proxy_host`.
+    pub host_missing: bool,
 }
 
 /// The request's authority (its `host()` is the host, port stripped, in the case the client sent), validating
@@ -238,21 +242,29 @@ pub fn content_length(req: &Request<Incoming>) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The client's address: the peer's, or when the peer is a trusted proxy the right-most untrusted address of
-/// `X-Forwarded-For` (nginx `real_ip_recursive on`).
-pub fn client_ip(client: &ClientInfo, trusted: &[Cidr], headers: &http::HeaderMap) -> IpAddr {
+/// Who sent a request, as far as limpet believes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    /// The client's address: the peer's, or when the peer is a trusted proxy the one `X-Forwarded-For` gives
+    /// (see [`forwarded_client`]).
+    pub ip: IpAddr,
+    /// The peer is one of `trusted_proxies`.
+    pub trusted_peer: bool,
+}
+
+/// Where a request comes from, given the listener's `trusted_proxies`.
+pub fn source(client: &ClientInfo, trusted: &[Cidr], headers: &http::HeaderMap) -> Source {
     let peer = crate::config::canonical_ip(client.peer.ip());
     if trusted.is_empty() || !trusted.iter().any(|c| c.contains(peer)) {
-        return peer;
+        return Source {
+            ip: peer,
+            trusted_peer: false,
+        };
     }
-    let mut client = peer;
-    for ip in forwarded_for(headers).into_iter().rev() {
-        client = crate::config::canonical_ip(ip);
-        if !trusted.iter().any(|c| c.contains(client)) {
-            break;
-        }
+    Source {
+        ip: forwarded_client(headers, peer, |ip| trusted.iter().any(|c| c.contains(ip))),
+        trusted_peer: true,
     }
-    client
 }
 
 /// Is this a WebSocket opening handshake (GET, `Connection: upgrade`, `Upgrade: websocket`, a key)?
@@ -338,7 +350,7 @@ pub fn prepare(
     req: Request<Incoming>,
     route: &Route,
     client: &ClientInfo,
-    client_ip: IpAddr,
+    source: Source,
     websocket: bool,
     body_idle: Duration,
 ) -> Prepared {
@@ -361,6 +373,7 @@ pub fn prepare(
         .flatten();
     parts.headers.remove(header::CONTENT_LENGTH);
     strip_hop_by_hop(&mut parts.headers);
+    strip_underscored(&mut parts.headers);
     if let Some(host) = host {
         parts.headers.insert(header::HOST, host);
     }
@@ -376,13 +389,16 @@ pub fn prepare(
         parts.headers.insert(header::UPGRADE, upgrade);
     }
     let host = parts.headers.get(header::HOST).cloned();
-    let other = (client_ip != client.peer.ip()).then_some(client_ip);
+    let other = (source.ip != client.peer.ip()).then_some(source.ip);
     set_forwarded(
         &mut parts.headers,
-        &client.peer_text,
-        other,
-        client.https,
-        host.as_ref(),
+        &Forwarding {
+            peer: &client.peer_text,
+            client: other,
+            https: client.https,
+            host: host.as_ref(),
+            trusted_peer: source.trusted_peer,
+        },
     );
     for (name, value) in &route.location.set_header {
         parts.headers.insert(name.clone(), value.clone());
@@ -393,10 +409,12 @@ pub fn prepare(
     parts.version = Version::HTTP_11;
     let mut body = RequestBody::new(body, route.location.client_max_body_size, body_idle);
     let body_sent = body.watch_sent();
+    let host_missing = host.is_none();
     Prepared {
         request: Request::from_parts(parts, body),
         reusable: !websocket,
         body_sent,
+        host_missing,
     }
 }
 

@@ -107,12 +107,13 @@ fn local_plan(
     if let Some(index) = prefix_route(upstream, &sid) {
         return fixed_or_dead(upstream, index, upgrade, out).map(Local::Decided);
     }
-    let Some(id) = table.lookup(&sid) else {
+    let Some((id, refresh)) = table.lookup_stored(&sid) else {
         return Ok(Local::Unknown(sid.into_owned()));
     };
     match upstream.index_of(id) {
+        Some(index) if upstream.peers[index].full() => Err(full(upstream, out)),
         Some(index) if upstream.peers[index].holds_sessions() => {
-            if let Some(store) = &upstream.store {
+            if let Some(store) = upstream.store.as_ref().filter(|_| refresh) {
                 store.touch(&sid, &upstream.peers[index].spec.name);
             }
             decided(Plan {
@@ -142,6 +143,7 @@ async fn shared_plan(
         return Ok(miss(upstream, out));
     };
     match upstream.index_of_name(&server) {
+        Some(index) if upstream.peers[index].full() => Err(full(upstream, out)),
         Some(index) if upstream.peers[index].holds_sessions() => {
             table.learn(sid, upstream.peers[index].state.id);
             Ok(Plan {
@@ -173,6 +175,13 @@ fn hit(upstream: &Upstream, index: usize, out: &mut Outcome) -> Plan {
     }
 }
 
+/// A session whose server is at its `max_conns`: answered as any request no server can take (the session stays).
+fn full(upstream: &Upstream, out: &mut Outcome) -> ProxyError {
+    upstream.lookups.hit.inc();
+    out.sticky = Some("hit");
+    ProxyError::NoServer
+}
+
 fn dead(upstream: &Upstream, upgrade: bool, out: &mut Outcome) -> ProxyError {
     upstream.lookups.dead.inc();
     out.sticky = Some("dead");
@@ -195,7 +204,9 @@ fn fixed_or_dead(
     upgrade: bool,
     out: &mut Outcome,
 ) -> Result<Plan, ProxyError> {
-    if upstream.peers[index].holds_sessions() {
+    if upstream.peers[index].full() {
+        Err(full(upstream, out))
+    } else if upstream.peers[index].holds_sessions() {
         Ok(Plan {
             learn: Learn::No,
             ..hit(upstream, index, out)

@@ -3,6 +3,10 @@
 //! pipelines by one writer task; a Redis outage degrades to local routing (logged, counted), never to a failed
 //! request. After a failure the store is left alone for `BACKOFF`, so an outage that times out costs requests
 //! nothing while the connection manager reconnects in the background.
+//!
+//! A client must not be able to turn its requests into Redis commands: a session's expiry is refreshed at most
+//! once per `session_ttl / 4` (the local table tracks when), and a sid Redis did not know is remembered as
+//! unknown for `UNKNOWN_TTL`, so repeating it costs no further read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::metrics::metrics;
+use crate::sticky::table::SessionTable;
 
 /// The longest a request waits on Redis: a handshake for its write, a local miss for its read.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(250);
@@ -27,6 +32,10 @@ const BATCH: usize = 512;
 const LOG_EVERY_MS: u64 = 10_000;
 /// How long after a failure requests skip Redis.
 const BACKOFF_MS: u64 = 1000;
+/// How long a sid Redis did not hold is answered as unknown without asking again.
+const UNKNOWN_TTL: Duration = Duration::from_secs(5);
+/// Most sids remembered as unknown (the oldest are forgotten first).
+const UNKNOWN_MAX: usize = 64 * 1024;
 
 /// One `SET key server EX ttl`, acknowledged when someone waits for it.
 struct Write {
@@ -50,6 +59,8 @@ pub struct SessionStore {
     skip_until: AtomicU64,
     /// Set by a failure, cleared (and logged) by the next success.
     failing: AtomicBool,
+    /// Sids Redis recently answered it did not hold.
+    unknown: SessionTable,
 }
 
 impl SessionStore {
@@ -83,6 +94,7 @@ impl SessionStore {
             quiet_until: AtomicU64::new(0),
             skip_until: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            unknown: SessionTable::new(UNKNOWN_TTL, UNKNOWN_MAX, Arc::new(|_, _| {})),
         });
         tokio::spawn(write_batches(rx, conn, Arc::downgrade(&store)));
         Ok(store)
@@ -115,16 +127,16 @@ impl SessionStore {
             done: Some(done),
         };
         if self.writes.try_send(write).is_err() {
+            // Writes come faster than Redis takes them: this one is lost, Redis is not down.
             self.dropped.inc();
-            self.failed("write queue full");
             return false;
         }
         // A pipeline that fails or times out is counted by the writer.
         matches!(tokio::time::timeout(OP_TIMEOUT, acked).await, Ok(Ok(true)))
     }
 
-    /// Refreshes a session's expiry without waiting. It rewrites the value too, so sessions come back after
-    /// Redis lost them (a restart without persistence).
+    /// Refreshes a session's expiry without waiting (the caller asks at most once per `session_ttl / 4`). It
+    /// rewrites the value too, so sessions come back after Redis lost them (a restart without persistence).
     pub fn touch(&self, sid: &str, server: &str) {
         if self.usable() {
             let write = Write {
@@ -140,7 +152,7 @@ impl SessionStore {
 
     /// The server (by address) Redis holds for a session; None when absent or when Redis does not answer in time.
     pub async fn get(&self, sid: &str) -> Option<String> {
-        if !self.usable() {
+        if !self.usable() || self.unknown.lookup(sid).is_some() {
             return None;
         }
         let mut conn = self.conn.clone();
@@ -154,6 +166,9 @@ impl SessionStore {
         match tokio::time::timeout(OP_TIMEOUT, get).await {
             Ok(Ok(v)) => {
                 self.succeeded();
+                if v.is_none() {
+                    self.unknown.learn(sid, 0);
+                }
                 v
             }
             Ok(Err(e)) => {

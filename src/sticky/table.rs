@@ -47,6 +47,8 @@ type Tick = u32;
 struct Slot {
     server: ServerId,
     seen: Tick,
+    /// When the shared store last had this entry written (learned counts as written).
+    stored: Tick,
 }
 
 /// The keys are SipHash outputs already: pass them through.
@@ -107,9 +109,11 @@ impl SessionTable {
     /// A new entry in a full shard first evicts that shard's least recently seen ~1/8.
     pub fn learn(&self, sid: &str, server: ServerId) {
         let key = sid_key(sid);
+        let now = self.now();
         let slot = Slot {
             server,
-            seen: self.now(),
+            seen: now,
+            stored: now,
         };
         let mut evicted = Deltas::default();
         let previous = {
@@ -138,6 +142,12 @@ impl SessionTable {
     /// The server of `sid` ([`GONE`] if it went away), refreshing its last-seen time; an expired entry
     /// counts as absent (and is dropped).
     pub fn lookup(&self, sid: &str) -> Option<ServerId> {
+        self.lookup_stored(sid).map(|(server, _)| server)
+    }
+
+    /// As [`lookup`](Self::lookup), and whether the shared store's copy is due for a refresh: true at most once
+    /// per ttl / 4 for an entry (then counted as written).
+    pub fn lookup_stored(&self, sid: &str) -> Option<(ServerId, bool)> {
         let key = sid_key(sid);
         let now = self.now();
         let ttl = self.ttl.load(Ordering::Relaxed);
@@ -145,7 +155,11 @@ impl SessionTable {
         let slot = shard.get_mut(&key)?;
         if !expired(slot.seen, now, ttl) {
             slot.seen = slot.seen.max(now);
-            return Some(slot.server);
+            let refresh = now.saturating_sub(slot.stored) >= (ttl / 4).max(1);
+            if refresh {
+                slot.stored = now;
+            }
+            return Some((slot.server, refresh));
         }
         let server = slot.server;
         shard.remove(&key);

@@ -31,6 +31,11 @@ impl Peer {
         self.state.alive(&self.spec, now)
     }
 
+    /// At its `max_conns`: takes no request, not even one of a session it holds.
+    pub fn full(&self) -> bool {
+        self.spec.max_conns != 0 && self.state.active() >= u64::from(self.spec.max_conns)
+    }
+
     /// Still serves the sticky sessions it holds (see [`ServerState::holds_sessions`]).
     pub fn holds_sessions(&self) -> bool {
         self.state.holds_sessions(&self.spec)
