@@ -9,6 +9,7 @@ mod support;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use support::metrics::metric;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -221,6 +222,116 @@ async fn a_connection_without_a_valid_proxy_header_is_closed() {
         assert!(answer.is_empty(), "{what}: limpet answered {answer:?}");
     }
     assert_eq!(backend.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_from_outside_proxy_protocol_from_closes_the_connection() {
+    let backend = HttpBackend::start("b1").await;
+    // The balancers are 192.0.2.0/24; the test client (127.0.0.1) is not one of them, and is a trusted proxy
+    // for X-Forwarded-For: a PROXY header would make it believed for any address it names.
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n\n";
+    let limpet = Limpet::start(
+        &(admin.to_string()
+            + &config(
+                &[backend.addr],
+                "proxy_protocol = true\nproxy_protocol_from = [\"192.0.2.0/24\"]\n\
+         trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\nclient_header_timeout = \"2s\"",
+            )),
+    );
+    let forged = v1(sa("10.1.1.1:40000"), sa("127.0.0.1:80"));
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "v1",
+            [
+                forged.clone(),
+                b"GET /v1 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            ]
+            .concat(),
+        ),
+        (
+            "v2",
+            [
+                v2(sa("10.1.1.1:1"), sa("127.0.0.1:2"), &[]),
+                b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            ]
+            .concat(),
+        ),
+        ("v1 without the request", forged.clone()),
+    ];
+    for (what, bytes) in cases {
+        let (answer, closed) = raw(limpet.addr(), &bytes, WAIT).await;
+        assert!(closed, "{what}: connection left open");
+        assert!(answer.is_empty(), "{what}: limpet answered {answer:?}");
+    }
+    // The signature sent a byte at a time is still seen for what it is.
+    let mut s = TcpStream::connect(limpet.addr()).await.unwrap();
+    // (Closed once the six bytes "PROXY " are in: later writes may meet a reset.)
+    for b in &forged[..8] {
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (answer, closed) = read_until_close(&mut s, WAIT).await;
+    assert!(closed && answer.is_empty(), "byte by byte: {answer:?}");
+    assert_eq!(backend.hits(), 0);
+    let closed = metric(
+        &limpet.metrics().await,
+        "limpet_client_connections_closed_total",
+        &[("reason", "proxy_protocol")],
+    );
+    assert_eq!(closed, 4.0);
+
+    // The same peer speaking plain HTTP is served as itself; its X-Forwarded-For is believed as configured.
+    let answer = send(limpet.addr(), b"", "/plain", Some("203.0.113.9")).await;
+    assert_eq!(answer.status, 200);
+    let seen = backend.last().unwrap();
+    assert_eq!(seen.uri, "/plain");
+    assert_eq!(seen.headers["x-real-ip"], "203.0.113.9");
+    let answer = send(limpet.addr(), b"", "/plain", None).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(backend.last().unwrap().headers["x-real-ip"], "127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_header_and_head_share_one_header_timeout() {
+    let backend = HttpBackend::start("b1").await;
+    let limpet = Limpet::start(&config(
+        &[backend.addr],
+        "proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.1\"]\nclient_header_timeout = \"2s\"",
+    ));
+    let header = v1(sa("203.0.113.7:40000"), sa("127.0.0.1:80"));
+    let head = b"GET /late HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // Each part 1.2 s after the previous: each under 2 s, together over. A byte at a time, as a slow client.
+    let mut s = TcpStream::connect(limpet.addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    s.write_all(&header).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut written = 0;
+    for b in head {
+        if started.elapsed() >= Duration::from_millis(1200) {
+            break;
+        }
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        written += 1;
+        tokio::time::sleep(Duration::from_millis(1200 / head.len() as u64)).await;
+    }
+    let _ = s.write_all(&head[written..]).await;
+    let (answer, closed) = read_until_close(&mut s, WAIT).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(closed, "connection left open");
+    assert!(
+        !answer.contains(" 200 "),
+        "a head completed 2.4 s after the connection's start was served: {answer}"
+    );
+    assert_eq!(backend.hits(), 0);
+    // Prompt ones are served.
+    assert_eq!(
+        send(limpet.addr(), &header, "/prompt", None).await.status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -458,6 +458,43 @@ async fn a_proxy_header_comes_before_the_tls_handshake() {
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
 }
 
+/// The PROXY header, the TLS handshake and the first head share one `client_header_timeout` from the connection's
+/// start: each within it but together past it, the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_header_and_tls_handshake_share_one_header_timeout() {
+    let edge = Edge::start(
+        |ca| ca.leaf(&["localhost"]),
+        "proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.1\"]\nclient_header_timeout = \"2s\"",
+    )
+    .await;
+    let name = ServerName::try_from("localhost").unwrap();
+    // Within the timeout: header at once, handshake at once.
+    let mut tcp = TcpStream::connect(edge.limpet.addr()).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.50 127.0.0.1 41000 443\r\n")
+        .await
+        .unwrap();
+    let tls = TlsConnector::from(client(&edge.ca, BOTH))
+        .connect(name.clone(), tcp)
+        .await
+        .expect("a prompt handshake");
+    assert_eq!(get_over(tls, "localhost", "/prompt").await.status, 200);
+    // The header after 1.2 s and the handshake 1.2 s later: each under 2 s, together over.
+    let mut tcp = TcpStream::connect(edge.limpet.addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tcp.write_all(b"PROXY TCP4 203.0.113.51 127.0.0.1 41000 443\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let late = TlsConnector::from(client(&edge.ca, BOTH))
+        .connect(name, tcp)
+        .await;
+    assert!(
+        late.is_err(),
+        "a handshake finished 2.4 s after the connection's start was accepted"
+    );
+    assert_eq!(edge.backend.hits(), 1);
+}
+
 /// A ClientHello whose highest version is TLS 1.1 (and no supported_versions extension), otherwise acceptable:
 /// a suite and a signature scheme rustls supports.
 fn tls11_client_hello() -> Vec<u8> {

@@ -211,7 +211,10 @@ mod tests {
     #[test]
     fn unrelated_keys_list_the_valid_ones() {
         let got = problems("[admin]\nport = 1\n");
-        assert_eq!(got, ["admin.port: unknown key (valid here: listen, token_file)"]);
+        assert_eq!(
+            got,
+            ["admin.port: unknown key (valid here: listen, token_file)"]
+        );
     }
 
     #[test]
