@@ -266,6 +266,94 @@ async fn a_restarted_instance_routes_known_sessions_from_redis_on_their_first_re
     }
 }
 
+/// Calls of one Redis command so far (`INFO commandstats`).
+async fn calls(redis: &Redis, command: &str) -> u64 {
+    let info = redis
+        .query(&["INFO", "commandstats"])
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_turn_its_requests_into_redis_commands() {
+    let redis = Redis::start();
+    let fleet = NodeFleet::start(3, &[]);
+    let config = store_config(&fleet.addrs(), &redis.url()).replace(
+        "fallback = \"round_robin\"",
+        "fallback = \"round_robin\"\nsession_ttl = \"1h\"",
+    );
+    let limpet = Limpet::start(&config);
+    let mut conn = Conn::open(limpet.addr(), [127, 0, 0, 1]).await;
+    let sid = eio::open(&mut conn).await;
+    let (sets, gets) = (calls(&redis, "set").await, calls(&redis, "get").await);
+    // 1,000 requests of a known session: its expiry is refreshed at most once per session_ttl / 4 (15 min).
+    for _ in 0..1000 {
+        let r = conn.send("POST", &poll_path(&sid), "", "3").await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let hit_sets = calls(&redis, "set").await - sets;
+    // 1,000 requests of one well-formed sid that no instance knows: Redis is asked once, then it is remembered.
+    let forged = "Zm9yZ2VkLXNlc3Npb24tMQ";
+    for _ in 0..1000 {
+        let r = conn.send("POST", &poll_path(forged), "", "3").await;
+        assert_eq!((r.status, r.body.as_str()), (400, SESSION_UNKNOWN), "{r:?}");
+    }
+    let unknown_gets = calls(&redis, "get").await - gets;
+    println!(
+        "Redis commands per 1,000 sticky requests: {hit_sets} SET (known session), {unknown_gets} GET (one unknown sid)"
+    );
+    assert_eq!(hit_sets, 0);
+    assert_eq!(unknown_gets, 1);
+    let m = limpet.metrics().await;
+    assert_eq!(
+        metric(&m, "limpet_sticky_store_errors_total", &[]),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(lookups(&m, "hit"), 1000.0, "{m}");
+    assert_eq!(lookups(&m, "miss"), 1000.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_expiry_in_redis_is_refreshed_once_per_quarter_ttl() {
+    // session_ttl = 4s: a hit refreshes the Redis copy at most once a second, and a session in use never
+    // expires there.
+    let redis = Redis::start();
+    let fleet = NodeFleet::start(1, &[]);
+    let config = store_config(&fleet.addrs(), &redis.url()).replace(
+        "fallback = \"round_robin\"",
+        "fallback = \"round_robin\"\nsession_ttl = \"4s\"",
+    );
+    let limpet = Limpet::start(&config);
+    let mut conn = Conn::open(limpet.addr(), [127, 0, 0, 1]).await;
+    let sid = eio::open(&mut conn).await;
+    let key = format!("{KEY_PREFIX}{sid}");
+    let sets = calls(&redis, "set").await;
+    let started = tokio::time::Instant::now();
+    let mut requests = 0u64;
+    while started.elapsed() < Duration::from_secs(6) {
+        let r = conn.send("POST", &poll_path(&sid), "", "3").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refreshes = calls(&redis, "set").await - sets;
+    println!("{requests} requests in 6 s with session_ttl 4s: {refreshes} refreshes");
+    assert!(
+        redis.get(&key).await.is_some(),
+        "a session in use expired in Redis"
+    );
+    // 6 s of traffic, one refresh per second at most (the first due 1 s after the handshake).
+    assert!(
+        (3..=7).contains(&refreshes),
+        "{refreshes} refreshes for {requests} requests"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sid_prefix_routes_across_two_instances_with_no_store() {
     let nodes: Vec<Node> = (1..=3)
