@@ -24,9 +24,12 @@ echo "==> docker-compose.yml, Prometheus and the container config"
 docker-compose config -q
 promtool check config config/prometheus.yml >/dev/null
 docker_check=$(mktemp)
-sed 's/chat\([123]\):3000/127.0.0.\1:3000/' config/limpet.docker.toml > "$docker_check"
+docker_token=$(mktemp)
+echo "container-config-check-token-0123456789" > "$docker_token"
+sed -e 's/chat\([123]\):3000/127.0.0.\1:3000/' -e "s|/run/secrets/limpet_admin_token|$docker_token|" \
+    config/limpet.docker.toml > "$docker_check"
 cargo run --quiet --bin limpet -- --check -c "$docker_check"
-rm -f "$docker_check"
+rm -f "$docker_check" "$docker_token"
 
 echo "==> fuzzing (AFL++ via cargo afl; 20 s per parser)"
 ./scripts/fuzz.sh "${LIMPET_FUZZ_SECONDS:-20}"

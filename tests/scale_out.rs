@@ -404,6 +404,43 @@ async fn sid_prefix_routes_across_two_instances_with_no_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefixed_sid_gets_what_any_request_gets_from_a_full_server() {
+    let nodes: Vec<Node> = (1..=2)
+        .map(|i| Node::start(&format!("n{i}"), &["--sid-prefix", &format!("n{i}")]))
+        .collect();
+    let mut config = sid_config(&[], "sid_prefix = true\npath = \"/\"");
+    for n in &nodes {
+        config.push_str(&format!(
+            "\n[[upstream.app.server]]\naddr = \"{}\"\nroute = \"{}\"\nmax_conns = 1\n",
+            n.addr, n.id
+        ));
+    }
+    let limpet = Limpet::start(&config);
+    // n1's one connection is taken by a slow request of one of its sessions.
+    let addr = limpet.addr();
+    let slow = tokio::spawn(async move { get(addr, "/slow?ms=3000&sid=n1.held").await.status });
+    eventually(WAIT, "n1 at its max_conns", || async {
+        let active = server_entry(&limpet.status().await, nodes[0].addr)["active"].as_u64();
+        (active == Some(1)).then_some(())
+    })
+    .await;
+    // A sid naming n1 (forged or not) is answered as any request no server can take: the node never sees it.
+    let r = get(addr, "/request?sid=n1.forged").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    // n2 is not full.
+    assert_eq!(
+        json(&get(addr, "/request?sid=n2.other").await.text())["node"],
+        "n2"
+    );
+    assert_eq!(slow.await.unwrap(), 200);
+    // With its slot back, n1 serves its sids again.
+    assert_eq!(
+        json(&get(addr, "/request?sid=n1.forged").await.text())["node"],
+        "n1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_applies_new_session_ttl_and_key_prefix_to_the_store() {
     let redis = Redis::start();
     let fleet = NodeFleet::start(1, &[]);
