@@ -32,7 +32,11 @@ use crate::conn::slots::{Admitted, Clock, PerIp, Permit, Reuse};
 use crate::proxy::body::Held;
 use crate::proxy::{self, ClientInfo, ConnHold, HeadCounts, HeadScan};
 use crate::proxy_protocol::{self, ProxyHeader};
+use crate::warn_limit::WarnLimit;
 use prometheus::IntCounter;
+
+/// Warnings at `max_connections`, at most one a second.
+static AT_THE_CAP: WarnLimit = WarnLimit::new();
 
 /// Backlog of each listen socket.
 const BACKLOG: u32 = 4096;
@@ -134,12 +138,19 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 let permit = match app.admit(&gauge) {
                     Admitted::Slot { permit, reused } => {
-                        closed.idle_reused.inc_by(reused as u64);
+                        if reused > 0 {
+                            closed.idle_reused.inc_by(reused as u64);
+                            if let Some(held_back) = AT_THE_CAP.allow() {
+                                warn!(closed = reused, held_back, "max_connections reached: closing idle keep-alive connections to make room");
+                            }
+                        }
                         permit
                     }
                     Admitted::Full => {
                         closed.max_connections.inc();
-                        debug!(%peer, "max_connections reached and no connection idle: connection closed");
+                        if let Some(held_back) = AT_THE_CAP.allow() {
+                            warn!(%peer, held_back, "max_connections reached and no connection idle: new connection closed");
+                        }
                         continue;
                     }
                 };

@@ -269,17 +269,21 @@ async fn client_max_body_size_applies_per_location_with_a_1m_default() {
 async fn past_max_connections_new_connections_close_and_existing_ones_keep_working() {
     let backend = HttpBackend::start("b").await;
     let limpet = Limpet::start(&config(backend.addr, "max_connections = 4", ""));
+    // Four connections, each with a request in progress: none is idle, so none can make room.
     let mut held = Vec::new();
     for i in 0..4 {
         let mut s = connect(&limpet).await;
-        let resp = exchange(
-            &mut s,
-            &format!("GET /held/{i} HTTP/1.1\r\nHost: a\r\n\r\n"),
-        )
-        .await;
-        assert_eq!(status_of(&resp.expect("held connection answered")), 200);
+        s.write_all(format!("GET /slow/2000?held={i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         held.push(s);
     }
+    eventually(
+        Duration::from_secs(10),
+        "four requests at the backend",
+        || async { (backend.hits() == 4).then_some(()) },
+    )
+    .await;
     let mut extra = connect(&limpet).await;
     let _ = extra
         .write_all(b"GET /extra HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -292,10 +296,12 @@ async fn past_max_connections_new_connections_close_and_existing_ones_keep_worki
         String::from_utf8_lossy(&resp)
     );
     for (i, s) in held.iter_mut().enumerate() {
+        let resp = read_response(s, Duration::from_secs(10)).await;
+        assert_eq!(status_of(&resp.expect("held request answered")), 200, "{i}");
         let resp = exchange(s, &format!("GET /again/{i} HTTP/1.1\r\nHost: a\r\n\r\n")).await;
         assert_eq!(status_of(&resp.expect("held connection still works")), 200);
     }
-    drop(held);
+    // Idle now: a new connection takes the place of one of them.
     eventually(Duration::from_secs(10), "a place frees up", || async {
         request(limpet.addr(), "GET", "/later", &[], "")
             .await
