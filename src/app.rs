@@ -339,6 +339,12 @@ async fn housekeeping(snap: Arc<Snapshot>, mut stop: watch::Receiver<bool>) {
         for up in snap.upstreams.values() {
             if let Some(t) = &up.sessions {
                 t.purge_expired();
+                if let Some(store) = &up.store {
+                    store.probe_if_failing();
+                    if store.take_recovered() {
+                        t.mark_unstored();
+                    }
+                }
             }
             for p in &up.peers {
                 p.pool.close_idle();

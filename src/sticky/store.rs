@@ -61,6 +61,8 @@ pub struct SessionStore {
     failing: AtomicBool,
     /// Sids Redis recently answered it did not hold.
     unknown: SessionTable,
+    /// Reachable again after a failure, not yet taken by [`take_recovered`](Self::take_recovered).
+    recovered: AtomicBool,
 }
 
 impl SessionStore {
@@ -95,6 +97,7 @@ impl SessionStore {
             skip_until: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             unknown: SessionTable::new(UNKNOWN_TTL, UNKNOWN_MAX, Arc::new(|_, _| {})),
+            recovered: AtomicBool::new(false),
         });
         tokio::spawn(write_batches(rx, conn, Arc::downgrade(&store)));
         Ok(store)
@@ -185,7 +188,32 @@ impl SessionStore {
     fn succeeded(&self) {
         if self.failing.swap(false, Relaxed) {
             info!(upstream = %self.upstream, "session store reachable again");
+            self.recovered.store(true, Relaxed);
         }
+    }
+
+    /// While failing, asks Redis whether it is back (a `PING`, bounded by `OP_TIMEOUT`), so recovery is seen even
+    /// when no request needs Redis. Call it every second or so.
+    pub fn probe_if_failing(self: &Arc<Self>) {
+        if !self.failing.load(Relaxed) {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut conn = store.conn.clone();
+            let ping = redis::cmd("PING");
+            if let Ok(Ok(())) =
+                tokio::time::timeout(OP_TIMEOUT, ping.query_async::<()>(&mut conn)).await
+            {
+                store.succeeded();
+            }
+        });
+    }
+
+    /// Has Redis come back from a failure since the last call? It may have lost what it held: the caller marks
+    /// its sessions for writing again.
+    pub fn take_recovered(&self) -> bool {
+        self.recovered.swap(false, Relaxed)
     }
 
     fn failed(&self, why: &str) {

@@ -47,9 +47,13 @@ type Tick = u32;
 struct Slot {
     server: ServerId,
     seen: Tick,
-    /// When the shared store last had this entry written (learned counts as written).
+    /// When the shared store last had this entry written (learned counts as written); [`UNSTORED`] after the
+    /// store came back from an outage.
     stored: Tick,
 }
+
+/// The `stored` tick of an entry the shared store may have lost: due for a refresh at its next lookup.
+const UNSTORED: Tick = Tick::MAX;
 
 /// The keys are SipHash outputs already: pass them through.
 #[derive(Default)]
@@ -155,7 +159,8 @@ impl SessionTable {
         let slot = shard.get_mut(&key)?;
         if !expired(slot.seen, now, ttl) {
             slot.seen = slot.seen.max(now);
-            let refresh = now.saturating_sub(slot.stored) >= (ttl / 4).max(1);
+            let refresh =
+                slot.stored == UNSTORED || now.saturating_sub(slot.stored) >= (ttl / 4).max(1);
             if refresh {
                 slot.stored = now;
             }
@@ -167,6 +172,16 @@ impl SessionTable {
         drop(shard);
         self.count(server, -1);
         None
+    }
+
+    /// Marks every entry due for a refresh of the shared store's copy (it came back from an outage, maybe empty):
+    /// each live session is written again at its next lookup.
+    pub fn mark_unstored(&self) {
+        for shard in self.shards.iter() {
+            for slot in lock(shard).values_mut() {
+                slot.stored = UNSTORED;
+            }
+        }
     }
 
     /// Drops `sid`, returning its server unless the entry had expired.
