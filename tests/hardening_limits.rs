@@ -310,3 +310,45 @@ async fn past_max_connections_new_connections_close_and_existing_ones_keep_worki
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_durations_serve_without_overflow() {
+    // Every duration at its bound ("30d", checked by --check): deadlines computed from them must not overflow.
+    let backend = HttpBackend::start("b").await;
+    let long = "\"30d\"";
+    let config = config(
+        backend.addr,
+        &format!("shutdown_timeout = {long}"),
+        &format!("client_header_timeout = {long}\nkeepalive_timeout = {long}"),
+    )
+    .replace(
+        "proxy_pass = \"app\"\n",
+        &format!("proxy_pass = \"app\"\nconnect_timeout = {long}\nread_timeout = {long}\n"),
+    )
+    .replace(
+        "[upstream.app]\n",
+        &format!("[upstream.app]\nkeepalive_timeout = {long}\n"),
+    );
+    assert!(config.contains("read_timeout = \"30d\""), "{config}");
+    let limpet = Limpet::start(&config);
+    let mut s = connect(&limpet).await;
+    for i in 0..3 {
+        let resp = exchange(
+            &mut s,
+            &format!("GET /long/{i} HTTP/1.1\r\nHost: a\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status_of(&resp.expect("an answer")), 200);
+    }
+    let resp = exchange(
+        &mut s,
+        "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    assert_eq!(status_of(&resp.expect("an answer")), 200);
+    assert!(
+        !limpet.logs().iter().any(|l| l.contains("panicked")),
+        "{:?}",
+        limpet.logs()
+    );
+}

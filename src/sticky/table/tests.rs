@@ -227,14 +227,26 @@ fn sid_keys_are_stable() {
 async fn the_store_refresh_is_due_once_per_quarter_ttl_and_after_an_outage() {
     let (t, _) = table(SHARDS, TTL, 1000);
     t.learn("s", 1);
-    assert_eq!(t.lookup_stored("s"), Some((1, false)), "just learned counts as written");
+    assert_eq!(
+        t.lookup_stored("s"),
+        Some((1, false)),
+        "just learned counts as written"
+    );
     advance(TTL / 4 - Duration::from_millis(500)).await;
     assert_eq!(t.lookup_stored("s"), Some((1, false)));
     advance(Duration::from_millis(500)).await;
     assert_eq!(t.lookup_stored("s"), Some((1, true)));
-    assert_eq!(t.lookup_stored("s"), Some((1, false)), "once, then not for another quarter");
+    assert_eq!(
+        t.lookup_stored("s"),
+        Some((1, false)),
+        "once, then not for another quarter"
+    );
     t.mark_unstored();
-    assert_eq!(t.lookup_stored("s"), Some((1, true)), "the store came back: write it again");
+    assert_eq!(
+        t.lookup_stored("s"),
+        Some((1, true)),
+        "the store came back: write it again"
+    );
     assert_eq!(t.lookup_stored("s"), Some((1, false)));
     assert_eq!(t.lookup_stored("other"), None);
 }
