@@ -136,15 +136,19 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let permit = match app.admit(&gauge) {
-                    Admitted::Slot { permit, reused } => {
+                let (permit, reuse) = match app.admit(&gauge) {
+                    Admitted::Slot {
+                        permit,
+                        reuse,
+                        reused,
+                    } => {
                         if reused > 0 {
                             closed.idle_reused.inc_by(reused as u64);
                             if let Some(held_back) = AT_THE_CAP.allow() {
                                 warn!(closed = reused, held_back, "max_connections reached: closing idle keep-alive connections to make room");
                             }
                         }
-                        permit
+                        (permit, reuse)
                     }
                     Admitted::Full => {
                         closed.max_connections.inc();
@@ -160,6 +164,7 @@ async fn accept_loop(
                     stream,
                     peer,
                     permit,
+                    reuse,
                     per_ip: per_ip.clone(),
                     closed: closed.clone(),
                 };
@@ -198,6 +203,7 @@ struct Accepted {
     stream: TcpStream,
     peer: SocketAddr,
     permit: Permit,
+    reuse: Arc<Reuse>,
     per_ip: Arc<PerIp>,
     closed: Closed,
 }
@@ -223,6 +229,7 @@ async fn serve(app: Arc<App>, conn: Accepted) {
         mut stream,
         peer,
         permit,
+        reuse,
         per_ip,
         closed,
     } = conn;
@@ -270,7 +277,7 @@ async fn serve(app: Arc<App>, conn: Accepted) {
             }
         }
     };
-    let reuse = (permit.reuse(), permit.clock());
+    let reuse = (reuse, permit.clock());
     let client = ClientInfo {
         peer,
         peer_text: proxy::headers::ip_value(peer.ip()),
@@ -278,7 +285,7 @@ async fn serve(app: Arc<App>, conn: Accepted) {
         https,
         hold: Arc::new(ConnHold {
             tracker: app.tracker.clone(),
-            _permit: permit,
+            permit,
             _per_ip: per_ip,
         }),
     };
@@ -391,6 +398,7 @@ async fn serve_http(
             let resp = app.access_log(&client, out);
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 busy.0.tunnel.store(true, Relaxed);
+                client.hold.permit.not_reusable();
             }
             Ok::<_, Infallible>(resp.map(|body| Held::new(body, busy)))
         }

@@ -71,10 +71,13 @@ impl Slots {
         let permit = Permit {
             slots: self.clone(),
             id,
-            reuse,
             gauge: gauge.clone(),
         };
-        Admitted::Slot { permit, reused }
+        Admitted::Slot {
+            permit,
+            reuse,
+            reused,
+        }
     }
 
     /// Tells the oldest idle connections to close; how many were told.
@@ -113,8 +116,13 @@ impl Slots {
 
 /// The answer of [`Slots::admit`].
 pub enum Admitted {
-    /// A slot; `reused`: idle connections told to close to make room for it.
-    Slot { permit: Permit, reused: usize },
+    /// A slot, the connection's idle state (for its IO to keep up to date and to watch), and how many idle
+    /// connections were told to close to make room for it.
+    Slot {
+        permit: Permit,
+        reuse: Arc<Reuse>,
+        reused: usize,
+    },
     /// Every slot is held by a connection that is not idle.
     Full,
 }
@@ -123,14 +131,14 @@ pub enum Admitted {
 pub struct Permit {
     slots: Arc<Slots>,
     id: u64,
-    reuse: Arc<Reuse>,
     gauge: IntGauge,
 }
 
 impl Permit {
-    /// The connection's idle state, for its IO to keep up to date and to watch.
-    pub fn reuse(&self) -> Arc<Reuse> {
-        self.reuse.clone()
+    /// The connection will never be idle again (it became a tunnel): it leaves the registry, and its idle state
+    /// is freed with the connection's IO.
+    pub fn not_reusable(&self) {
+        lock(&self.slots.registry[shard(self.id)]).remove(&self.id);
     }
 
     /// A handle that reads the slots' clock (for [`Reuse::idle`]).
@@ -241,24 +249,39 @@ mod tests {
     fn at_the_cap_the_oldest_idle_connection_makes_room() {
         let slots = Arc::new(Slots::default());
         let g = gauge();
-        let Admitted::Slot { permit: a, .. } = slots.admit(2, &g) else {
+        let Admitted::Slot {
+            permit: a,
+            reuse: a_reuse,
+            ..
+        } = slots.admit(2, &g)
+        else {
             panic!("first")
         };
-        let Admitted::Slot { permit: b, .. } = slots.admit(2, &g) else {
+        let Admitted::Slot {
+            permit: b,
+            reuse: b_reuse,
+            ..
+        } = slots.admit(2, &g)
+        else {
             panic!("second")
         };
         assert!(
             matches!(slots.admit(2, &g), Admitted::Full),
             "nothing idle yet"
         );
-        a.reuse().idle(&a.clock());
+        a_reuse.idle(&a.clock());
+        b_reuse.idle(&b.clock());
+        b.not_reusable();
         let Admitted::Slot { reused, .. } = slots.admit(2, &g) else {
             panic!("reuse")
         };
         assert_eq!(reused, 1);
         let waker = futures_util::task::noop_waker();
-        assert!(a.reuse().evicted(&waker));
-        assert!(!b.reuse().evicted(&waker));
+        assert!(a_reuse.evicted(&waker));
+        assert!(
+            !b_reuse.evicted(&waker),
+            "a connection out of the registry is never picked"
+        );
     }
 
     #[test]

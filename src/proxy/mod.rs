@@ -49,7 +49,8 @@ pub struct ClientInfo {
 pub struct ConnHold {
     /// Tracks tunnels for graceful shutdown.
     pub tracker: tokio_util::task::TaskTracker,
-    pub _permit: crate::conn::slots::Permit,
+    /// Its slot under `max_connections`.
+    pub permit: crate::conn::slots::Permit,
     /// Its place under `max_connections_per_ip`, when the listener has one.
     pub _per_ip: Option<crate::conn::slots::IpPermit>,
 }
