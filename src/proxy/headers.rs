@@ -90,8 +90,8 @@ pub struct Forwarding<'a> {
 
 /// Sets the forwarding headers: `X-Forwarded-For` gets the peer appended, `X-Real-IP` is the client address.
 /// From a peer that is not a trusted proxy, `X-Forwarded-Proto` and `X-Forwarded-Host` are limpet's own
-/// (`X-Forwarded-Host` absent when the request has no `Host`), and `X-Forwarded-Port` and `Forwarded` are removed;
-/// a trusted proxy's stand, limpet's filling in what it left out.
+/// (`X-Forwarded-Host` absent when the request has no `Host`; [`strip_request`] has removed its
+/// `X-Forwarded-Port` and `Forwarded`); a trusted proxy's stand, limpet's filling in what it left out.
 pub fn set_forwarded(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     let xff = match join_values(headers, &X_FORWARDED_FOR) {
         Some(mut prior) => {
@@ -128,17 +128,28 @@ pub fn set_forwarded(headers: &mut HeaderMap, f: &Forwarding<'_>) {
             headers.remove(&X_FORWARDED_HOST);
         }
     }
-    headers.remove(&X_FORWARDED_PORT);
-    headers.remove(header::FORWARDED);
 }
 
-/// Removes request headers whose names hold `_` (nginx's `underscores_in_headers off`): a server that reads
-/// `X_Forwarded_For` as `X-Forwarded-For` (CGI and WSGI map both to one name) must not get one from a client.
-pub fn strip_underscored(headers: &mut HeaderMap) {
-    if !headers.keys().any(underscored) {
+/// Removes from a request what must not reach a server: hop-by-hop headers, names holding `_` (nginx's
+/// `underscores_in_headers off`: CGI and WSGI servers read `X_Forwarded_For` as `X-Forwarded-For`), and, from a
+/// peer that is not a trusted proxy, `X-Forwarded-Port` and `Forwarded` (see [`set_forwarded`]). One pass over
+/// the names when there is nothing to remove.
+pub fn strip_request(headers: &mut HeaderMap, trusted_peer: bool) {
+    let untrusted = |name: &HeaderName| {
+        !trusted_peer && (name == header::FORWARDED || name == X_FORWARDED_PORT)
+    };
+    if !headers
+        .keys()
+        .any(|k| is_hop_by_hop(k) || underscored(k) || untrusted(k))
+    {
         return;
     }
-    let names: Vec<HeaderName> = headers.keys().filter(|k| underscored(k)).cloned().collect();
+    strip_hop_by_hop(headers);
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| underscored(k) || untrusted(k))
+        .cloned()
+        .collect();
     for name in names {
         headers.remove(name);
     }
@@ -297,6 +308,26 @@ mod tests {
         assert_eq!(client(&[b"6.6.6.6", b"\xff, 7.7.7.7"], &[]), "10.0.0.1");
         assert_eq!(client(&[b"1.1.1.1", b"2.2.2.2"], &[]), "2.2.2.2");
         assert_eq!(client(&[b"1.1.1.1, , "], &[]), "1.1.1.1");
+    }
+
+    #[test]
+    fn a_request_loses_underscored_names_and_untrusted_forwarding() {
+        let request = || {
+            let mut h = HeaderMap::new();
+            h.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.6"));
+            h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+            h.insert("x-forwarded-port", HeaderValue::from_static("443"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            h.insert("x-keep", HeaderValue::from_static("1"));
+            h
+        };
+        let mut untrusted = request();
+        strip_request(&mut untrusted, false);
+        assert_eq!(untrusted.keys().collect::<Vec<_>>(), ["x-keep"]);
+        let mut trusted = request();
+        strip_request(&mut trusted, true);
+        assert_eq!(trusted.len(), 3);
+        assert!(trusted.contains_key("forwarded") && trusted.contains_key("x-forwarded-port"));
     }
 
     #[test]

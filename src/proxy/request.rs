@@ -11,9 +11,7 @@ use hyper::body::Incoming;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::body::RequestBody;
-use super::headers::{
-    forwarded_client, has_token, set_forwarded, strip_hop_by_hop, strip_underscored, Forwarding,
-};
+use super::headers::{forwarded_client, has_token, set_forwarded, strip_request, Forwarding};
 use super::{ClientInfo, ProxyError};
 use crate::balance::Method as Balance;
 use crate::config::{Cidr, HashKey};
@@ -372,8 +370,7 @@ pub fn prepare(
         .then(|| parts.headers.get(header::UPGRADE).cloned())
         .flatten();
     parts.headers.remove(header::CONTENT_LENGTH);
-    strip_hop_by_hop(&mut parts.headers);
-    strip_underscored(&mut parts.headers);
+    strip_request(&mut parts.headers, source.trusted_peer);
     if let Some(host) = host {
         parts.headers.insert(header::HOST, host);
     }
