@@ -338,7 +338,10 @@ async fn sends_proxy_header(stream: &TcpStream, deadline: Instant) -> bool {
             Some(header) => return header,
             None if Instant::now() >= deadline => return false,
             // The same bytes would be peeked again at once: give the peer a moment to send more.
-            None => tokio::time::sleep(RECHECK.min(deadline - Instant::now())).await,
+            None => {
+                tokio::time::sleep(RECHECK.min(deadline.saturating_duration_since(Instant::now())))
+                    .await
+            }
         }
     }
 }

@@ -191,3 +191,28 @@ async fn behind_a_balancer_the_proxy_header_source_is_what_is_capped() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_clients_get_in_past_a_flood_of_idle_connections() {
+    // The shipped config (health checks on, default timeouts) with room for 300 connections, all of them taken the
+    // moment limpet is ready by connections that made one request each and now sit idle (keepalive_timeout 75 s).
+    let fleet = NodeFleet::start(3, &[]);
+    let limpet = Limpet::start(&shipped_config(
+        &fleet.addrs(),
+        &[("max_connections = 100000", "max_connections = 300")],
+    ));
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(kept_alive(limpet.addr(), None, "/whoami").await);
+    }
+    // Real Socket.IO clients (polling handshake, then WebSocket) all connect, and their emits are acknowledged.
+    let r = SioClient::run_to_end(&limpet.url(), "--clients 30 --emits 3").await;
+    assert_clean(&r, 30, 3);
+    let reused = closed_count(&limpet, "idle_reused").await;
+    println!("30 Socket.IO clients past 300 idle connections: {reused} idle connections closed to make room");
+    assert!(reused >= 1.0);
+    assert_eq!(closed_count(&limpet, "max_connections").await, 0.0);
+    // The oldest of the flood went first.
+    let (_, closed) = read_until_close(&mut flood[0], WAIT).await;
+    assert!(closed, "the oldest idle connection is still open");
+}
