@@ -33,7 +33,7 @@ use crate::proxy::body::Held;
 use crate::proxy::{self, ClientInfo, ConnHold, HeadCounts, HeadScan};
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::warn_limit::WarnLimit;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 
 /// Warnings at `max_connections`, at most one a second.
 static AT_THE_CAP: WarnLimit = WarnLimit::new();
@@ -127,7 +127,7 @@ async fn accept_loop(
     let gauge = crate::metrics::metrics()
         .client_connections
         .with_label_values(&[&label]);
-    let closed = Closed::new(&label);
+    let closed = Arc::new(Closed::new(&label));
     let per_ip = Arc::new(PerIp::default());
     loop {
         let accepted = tokio::select! {
@@ -136,27 +136,8 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let (permit, reuse) = match app.admit(&gauge) {
-                    Admitted::Slot {
-                        permit,
-                        reuse,
-                        reused,
-                    } => {
-                        if reused > 0 {
-                            closed.idle_reused.inc_by(reused as u64);
-                            if let Some(held_back) = AT_THE_CAP.allow() {
-                                warn!(closed = reused, held_back, "max_connections reached: closing idle keep-alive connections to make room");
-                            }
-                        }
-                        (permit, reuse)
-                    }
-                    Admitted::Full => {
-                        closed.max_connections.inc();
-                        if let Some(held_back) = AT_THE_CAP.allow() {
-                            warn!(%peer, held_back, "max_connections reached and no connection idle: new connection closed");
-                        }
-                        continue;
-                    }
+                let Some((permit, reuse)) = take_slot(&app, &gauge, &closed) else {
+                    continue;
                 };
                 let span = tracing::debug_span!("conn", %peer);
                 let conn = Accepted {
@@ -175,8 +156,41 @@ async fn accept_loop(
     }
 }
 
+/// A slot under `max_connections` for a new connection (counted in `gauge`), or None when every slot is held by a
+/// connection that is not idle. Idle connections closed to make room, and refusals, are counted and logged.
+fn take_slot(app: &App, gauge: &IntGauge, closed: &Closed) -> Option<(Permit, Arc<Reuse>)> {
+    match app.admit(gauge) {
+        Admitted::Slot {
+            permit,
+            reuse,
+            reused,
+        } => {
+            if reused > 0 {
+                closed.idle_reused.inc_by(reused as u64);
+                if let Some(held_back) = AT_THE_CAP.allow() {
+                    warn!(
+                        closed = reused,
+                        held_back,
+                        "max_connections reached: closing idle keep-alive connections to make room"
+                    );
+                }
+            }
+            Some((permit, reuse))
+        }
+        Admitted::Full => {
+            closed.max_connections.inc();
+            if let Some(held_back) = AT_THE_CAP.allow() {
+                warn!(
+                    held_back,
+                    "max_connections reached and no connection idle: new connection closed"
+                );
+            }
+            None
+        }
+    }
+}
+
 /// Counters of connections a listener closed to protect itself, by reason.
-#[derive(Clone)]
 struct Closed {
     max_connections: IntCounter,
     max_connections_per_ip: IntCounter,
@@ -205,7 +219,7 @@ struct Accepted {
     permit: Permit,
     reuse: Arc<Reuse>,
     per_ip: Arc<PerIp>,
-    closed: Closed,
+    closed: Arc<Closed>,
 }
 
 /// Accept errors never stop the server: per-connection ones are skipped, resource exhaustion waits a moment.
