@@ -73,25 +73,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
 }
 
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
-    if let Err(why) = same_origin(&req) {
-        return text(StatusCode::FORBIDDEN, format!("forbidden: {why}\n"));
-    }
-    if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let snap = app.snapshot();
-        let token = snap.config.admin.as_ref().and_then(|a| a.token.as_ref());
-        if let Some(token) = token {
-            if !authorized(&req, token) {
-                let mut r = text(
-                    StatusCode::UNAUTHORIZED,
-                    "a bearer token is needed (admin.token_file)\n",
-                );
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"limpet admin\""),
-                );
-                return r;
-            }
-        }
+    if let Some(refused) = guard(app, &req) {
+        return refused;
     }
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
@@ -108,6 +91,31 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// 403 for what a browser sends on behalf of another site, 401 for a state change without the token (when one is
+/// set); None when the request may go on.
+fn guard(app: &App, req: &Request<Incoming>) -> Option<AdminResponse> {
+    if let Err(why) = same_origin(req) {
+        return Some(text(StatusCode::FORBIDDEN, format!("forbidden: {why}\n")));
+    }
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let snap = app.snapshot();
+    let token = snap.config.admin.as_ref()?.token.as_ref()?;
+    if authorized(req, token) {
+        return None;
+    }
+    let mut r = text(
+        StatusCode::UNAUTHORIZED,
+        "a bearer token is needed (admin.token_file)\n",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"limpet admin\""),
+    );
+    Some(r)
 }
 
 /// Refuses what a browser sends on behalf of another site: a cross-site `Origin` or `Sec-Fetch-Site`, and a `Host`
