@@ -203,18 +203,17 @@ fn admin(c: &mut Checker, a: &RawAdmin) -> Option<Admin> {
     let text = a.listen.as_deref().unwrap_or("127.0.0.1:9100");
     let listen = c.listen_addr("admin.listen", text)?;
     let token = match a.token_file.as_deref() {
-        None | Some("") => None,
-        Some(file) => admin_token(c, file),
+        Some(file) if !file.is_empty() => admin_token(c, file),
+        _ => {
+            if !listen.ip().is_loopback() {
+                c.error(
+                    "admin.listen",
+                    format!("{listen} is not a loopback address: set admin.token_file (a bearer token for reload, drain and the server API)"),
+                );
+            }
+            None
+        }
     };
-    if token.is_none()
-        && a.token_file.as_deref().unwrap_or("").is_empty()
-        && !listen.ip().is_loopback()
-    {
-        c.error(
-            "admin.listen",
-            format!("{listen} is not a loopback address: set admin.token_file (a bearer token for reload, drain and the server API)"),
-        );
-    }
     Some(Admin { listen, token })
 }
 
