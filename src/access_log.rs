@@ -12,15 +12,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Method, Response, Uri};
+use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config;
-use crate::proxy::body::{BodyError, ResponseBody};
-use crate::proxy::{ClientInfo, Outcome};
 
 /// Lines queued before new ones are dropped rather than wait.
 const QUEUE: usize = 8192;
@@ -51,56 +49,31 @@ impl AccessLog {
         Ok(AccessLog { tx: Some(tx) })
     }
 
-    /// Hands on the response of `out`; its line is queued once the body has been sent (or, for a WebSocket
-    /// upgrade, once the tunnel has ended).
-    pub fn record(&self, client: &ClientInfo, out: Outcome) -> Response<Logged> {
-        let Outcome {
-            method,
-            uri,
-            started,
-            response,
-            upstream,
-            server,
-            sticky,
-            client_ip,
-            tunnel,
-        } = out;
-        let Some(tx) = &self.tx else {
-            return response.map(Logged::unlogged);
-        };
-        // Names, not the upstream itself: a tunnel's line must not keep its snapshot's upstream alive.
-        let server = upstream
-            .as_ref()
-            .zip(server)
-            .and_then(|(u, i)| u.peers.get(i))
-            .map(|p| p.spec.name.clone());
-        let entry = Entry {
-            client: client_ip.unwrap_or_else(|| client.peer.ip()),
-            method,
-            uri,
-            status: response.status().as_u16(),
-            upstream: upstream.map(|u| u.name().to_string()),
-            server,
-            sticky,
-            started,
-        };
-        if let Some(carried) = tunnel {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let c = carried.await.unwrap_or_default();
-                queue(&tx, entry.line(c.from_server, Some(c.from_client)));
-            });
-            return response.map(Logged::unlogged);
+    /// Whether lines are written at all (else requests need not keep what a line says).
+    pub fn is_on(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// `body`, counting what it sends: `entry`'s line is queued once it has been sent (or dropped).
+    pub fn wrap<B>(&self, entry: Option<Entry>, body: B) -> Logged<B> {
+        let pending = self.tx.as_ref().zip(entry).map(|(tx, entry)| {
+            Box::new(Pending {
+                entry,
+                tx: tx.clone(),
+                bytes: 0,
+            })
+        });
+        Logged {
+            inner: body,
+            pending,
         }
-        let pending = Pending {
-            entry,
-            tx: tx.clone(),
-            bytes: 0,
-        };
-        response.map(|inner| Logged {
-            inner,
-            pending: Some(Box::new(pending)),
-        })
+    }
+
+    /// Queues the line of a WebSocket tunnel that has ended, with the bytes it carried each way.
+    pub fn tunnel_ended(&self, entry: &Entry, from_server: u64, from_client: u64) {
+        if let Some(tx) = &self.tx {
+            queue(tx, entry.line(from_server, Some(from_client)));
+        }
     }
 
     /// Waits (a second at most) until every line queued so far is written.
@@ -154,15 +127,18 @@ async fn write_lines(
 }
 
 /// What a line says of its request, gathered when the response head is ready.
-struct Entry {
-    client: IpAddr,
-    method: Method,
-    uri: Uri,
-    status: u16,
-    upstream: Option<String>,
-    server: Option<String>,
-    sticky: Option<&'static str>,
-    started: Instant,
+pub struct Entry {
+    /// The client address after PROXY protocol and `trusted_proxies`.
+    pub client: IpAddr,
+    pub method: Method,
+    /// Only its path is written.
+    pub uri: Uri,
+    pub status: u16,
+    pub upstream: Option<String>,
+    pub server: Option<String>,
+    /// What the sticky lookup found (`hit`, `miss`, `new`, `dead`).
+    pub sticky: Option<&'static str>,
+    pub started: Instant,
 }
 
 /// Queues a line for the writer; a full queue drops it (counted).
@@ -207,29 +183,19 @@ struct Pending {
 }
 
 /// A response body that counts what it sends and queues its access log line when it is done (or dropped).
-pub struct Logged {
-    inner: ResponseBody,
+pub struct Logged<B> {
+    inner: B,
     pending: Option<Box<Pending>>,
 }
 
-impl Logged {
-    /// A body with no line to write.
-    pub fn unlogged(inner: ResponseBody) -> Logged {
-        Logged {
-            inner,
-            pending: None,
-        }
-    }
-}
-
-impl Body for Logged {
+impl<B: Body<Data = Bytes> + Unpin> Body for Logged<B> {
     type Data = Bytes;
-    type Error = BodyError;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let (Some(p), Poll::Ready(Some(Ok(frame)))) = (this.pending.as_mut(), &polled) {
@@ -249,7 +215,7 @@ impl Body for Logged {
     }
 }
 
-impl Drop for Logged {
+impl<B> Drop for Logged<B> {
     fn drop(&mut self) {
         if let Some(p) = self.pending.take() {
             queue(&p.tx, p.entry.line(p.bytes, None));

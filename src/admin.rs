@@ -22,9 +22,10 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info};
 
 use crate::app::App;
+use crate::clock::now_ms;
 use crate::config::{AdminToken, Balance};
 use crate::upstream::state::DrainOverride;
-use crate::upstream::{now_ms, Health, Peer};
+use crate::upstream::{Health, Peer};
 
 type AdminResponse = Response<Full<Bytes>>;
 

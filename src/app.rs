@@ -7,35 +7,29 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::access_log::{AccessLog, Logged};
-use crate::config::{self, Config, Problem};
-use crate::conn::slots::{Admitted, Slots};
+use crate::access_log::AccessLog;
+use crate::clock::now_ms;
+use crate::config::{self, Problem};
 use crate::health::FirstRound;
-use crate::listener::Listeners;
+use crate::listener::{Listeners, Shared};
 use crate::metrics::metrics;
-use crate::proxy::{ClientInfo, Outcome};
 use crate::runtime::{self, Carry, Snapshot};
-use crate::upstream::now_ms;
+use crate::sync::lock;
 
 /// Everything the process shares between connections.
 pub struct App {
-    snapshot: ArcSwap<Snapshot>,
+    /// What the listeners share: the snapshot, connection slots, the tracker.
+    shared: Shared,
     carry: Carry,
     config_path: PathBuf,
-    /// Every client connection's slot, against `max_connections`.
-    slots: Arc<Slots>,
-    /// Every connection and tunnel, for graceful shutdown.
-    pub tracker: TaskTracker,
     stopping: watch::Sender<bool>,
     listeners: Mutex<Listeners>,
     reloading: tokio::sync::Mutex<()>,
-    access_log: ArcSwap<AccessLog>,
     /// Background tasks of the current snapshot (health checks), stopped when it is replaced.
     background: Mutex<Option<watch::Sender<bool>>>,
     /// Until ready: the bound listen sockets, and the first round of health checks to wait for.
@@ -57,6 +51,8 @@ pub enum ApplyError {
     Config(#[from] config::ConfigError),
     #[error("{0}")]
     Bind(String),
+    #[error("{0}")]
+    AccessLog(String),
     #[error("still starting (first health checks): reload refused")]
     Starting,
 }
@@ -86,42 +82,40 @@ impl App {
             )
             .map_err(ApplyError::Bind)?;
         let access_log =
-            AccessLog::open(&loaded.config.global.access_log).map_err(ApplyError::Bind)?;
-        let snapshot = carry.build(loaded.config, tls);
+            AccessLog::open(&loaded.config.global.access_log).map_err(ApplyError::AccessLog)?;
+        let snapshot = carry.build(loaded.config, tls, Arc::new(access_log));
+        let (stopping, stop_rx) = watch::channel(false);
         let app = Arc::new(App {
-            snapshot: ArcSwap::from_pointee(snapshot),
+            shared: Shared {
+                snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+                slots: Arc::default(),
+                tracker: TaskTracker::new(),
+                stopping: stop_rx,
+            },
             carry,
             config_path,
-            slots: Arc::new(Slots::default()),
-            tracker: TaskTracker::new(),
-            stopping: watch::channel(false).0,
+            stopping,
             listeners: Mutex::new(listeners),
             reloading: tokio::sync::Mutex::new(()),
-            access_log: ArcSwap::from_pointee(access_log),
             background: Mutex::new(None),
             starting: Mutex::new(None),
             ready: AtomicBool::new(false),
         });
         let first_round = app.start_background();
-        *app.starting.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Starting { bound, first_round });
+        *lock(&app.starting) = Some(Starting { bound, first_round });
         Ok((app, admin))
     }
 
     /// Waits for the first round of health checks (each bounded by its `timeout`), then starts accepting: a
     /// limpet that accepts can route, so the first burst of clients spreads over every server that is up.
     async fn become_ready(self: &Arc<Self>) {
-        let Some(starting) = self
-            .starting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
+        let Some(starting) = lock(&self.starting).take() else {
             return;
         };
         let started = tokio::time::Instant::now();
         starting.first_round.done().await;
-        self.lock_listeners().apply(self, starting.bound, &|_| true);
+        self.lock_listeners()
+            .apply(&self.shared, starting.bound, &|_| true);
         self.ready.store(true, Relaxed);
         info!(after = ?started.elapsed(), "ready: first health checks done, accepting");
     }
@@ -133,14 +127,7 @@ impl App {
 
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// A place for a new client connection under `max_connections` (at the cap, in place of idle keep-alive
-    /// connections told to close). `gauge` is its listener's `limpet_client_connections_active`.
-    pub fn admit(&self, gauge: &IntGauge) -> Admitted {
-        let max = self.snapshot.load().config.global.max_connections;
-        self.slots.admit(max, gauge)
+        self.shared.snapshot.load_full()
     }
 
     /// Watches the shutdown flag.
@@ -152,13 +139,8 @@ impl App {
         *self.stopping.borrow()
     }
 
-    /// The response of a request, with its access log line to come (when the access log is on).
-    pub fn access_log(&self, client: &ClientInfo, out: Outcome) -> http::Response<Logged> {
-        self.access_log.load().record(client, out)
-    }
-
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Listeners> {
-        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.listeners)
     }
 
     /// Re-reads the config file and swaps in a new snapshot; on any error the running config stays.
@@ -218,17 +200,15 @@ impl App {
             .bind_new(wanted.iter().copied())
             .map_err(ApplyError::Bind)?;
         let access_log = if loaded.config.global.access_log == old.config.global.access_log {
-            None
+            old.access_log.clone()
         } else {
-            Some(AccessLog::open(&loaded.config.global.access_log).map_err(ApplyError::Bind)?)
+            let opened = AccessLog::open(&loaded.config.global.access_log);
+            Arc::new(opened.map_err(ApplyError::AccessLog)?)
         };
-        let snapshot = self.carry.build(loaded.config, tls);
-        self.snapshot.store(Arc::new(snapshot));
-        if let Some(log) = access_log {
-            self.access_log.store(Arc::new(log));
-        }
+        let snapshot = self.carry.build(loaded.config, tls, access_log);
+        self.shared.snapshot.store(Arc::new(snapshot));
         self.lock_listeners()
-            .apply(self, bound, &|a| wanted.contains(a));
+            .apply(&self.shared, bound, &|a| wanted.contains(a));
         // Servers new to this config take traffic after their own first check; the rest serve on meanwhile.
         drop(self.start_background());
         Ok(())
@@ -238,12 +218,7 @@ impl App {
     /// expiry, idle pooled connections, passive marks running out). Says when new servers' first checks are done.
     fn start_background(self: &Arc<Self>) -> FirstRound {
         let (tx, rx) = watch::channel(false);
-        if let Some(old) = self
-            .background
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(tx)
-        {
+        if let Some(old) = lock(&self.background).replace(tx) {
             let _ = old.send(true);
         }
         let snap = self.snapshot();
@@ -258,25 +233,18 @@ impl App {
         self.stopping.send_replace(true);
         self.lock_listeners().stop_all();
         info!(timeout = %humantime::format_duration(timeout), "shutting down: no longer accepting");
-        if let Some(bg) = self
-            .background
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(bg) = lock(&self.background).take() {
             let _ = bg.send(true);
         }
-        self.tracker.close();
-        if tokio::time::timeout(timeout, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        let tracker = &self.shared.tracker;
+        tracker.close();
+        if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
             warn!(
-                left = self.tracker.len(),
+                left = tracker.len(),
                 "shutdown_timeout reached: closing what is left"
             );
         }
-        self.access_log.load().flush().await;
+        self.snapshot().access_log.flush().await;
     }
 
     /// Runs until SIGTERM or SIGINT, reloading on SIGHUP.
@@ -306,16 +274,6 @@ impl App {
         }
         self.shutdown().await;
         Ok(())
-    }
-
-    /// The config file this process reads.
-    pub fn config_path(&self) -> &std::path::Path {
-        &self.config_path
-    }
-
-    /// The running config.
-    pub fn config(&self) -> Config {
-        self.snapshot().config.clone()
     }
 }
 

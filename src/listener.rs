@@ -5,33 +5,30 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
-use tokio_rustls::server::TlsStream;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::app::App;
 use crate::config::{canonical_ip, Cidr};
 use crate::conn::deadline::after;
-use crate::conn::slots::{Admitted, Clock, PerIp, Permit, Reuse};
+use crate::conn::idle_io::{Busy, ConnPhase, IdleIo, Limits};
+use crate::conn::slots::{Admitted, Clock, PerIp, Permit, Reuse, Slots};
+use crate::conn::{ClientInfo, ClientStream, ConnHold};
+use crate::proxy;
 use crate::proxy::body::Held;
-use crate::proxy::{self, ClientInfo, ConnHold, HeadCounts, HeadScan};
 use crate::proxy_protocol::{self, ProxyHeader};
+use crate::runtime::Snapshot;
 use crate::warn_limit::WarnLimit;
 use prometheus::{IntCounter, IntGauge};
 
@@ -40,9 +37,6 @@ static AT_THE_CAP: WarnLimit = WarnLimit::new();
 
 /// Backlog of each listen socket.
 const BACKLOG: u32 = 4096;
-
-/// A client connection, plain or TLS.
-pub type ClientStream = crate::stream::MaybeTls<TlsStream<TcpStream>>;
 
 /// Binds a listen socket (SO_REUSEADDR, so a restart does not wait for TIME_WAIT).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -54,6 +48,28 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
+}
+
+/// What accept loops and their connections share with the rest of the process.
+#[derive(Clone)]
+pub struct Shared {
+    /// The current snapshot, swapped by reloads; each request reads the one of its moment.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Every client connection's slot, against `max_connections`.
+    pub slots: Arc<Slots>,
+    /// Every connection and tunnel, for graceful shutdown.
+    pub tracker: TaskTracker,
+    /// Turns true when the process shuts down.
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// A place for a new client connection under `max_connections` (at the cap, in place of idle keep-alive
+    /// connections told to close). `gauge` is its listener's `limpet_client_connections_active`.
+    fn admit(&self, gauge: &IntGauge) -> Admitted {
+        let max = self.snapshot.load().config.global.max_connections;
+        self.slots.admit(max, gauge)
+    }
 }
 
 /// The accept tasks, one per listen address (keyed by the address as configured).
@@ -85,7 +101,7 @@ impl Listeners {
     /// Starts accept tasks for newly bound sockets and stops those whose address left the config.
     pub fn apply(
         &mut self,
-        app: &Arc<App>,
+        shared: &Shared,
         bound: Vec<(SocketAddr, TcpListener)>,
         keep: &dyn Fn(&SocketAddr) -> bool,
     ) {
@@ -104,7 +120,7 @@ impl Listeners {
                 .map(|a| a.to_string())
                 .unwrap_or_default();
             info!(listen = %addr, local = %local, "listening");
-            tokio::spawn(accept_loop(app.clone(), addr, listener, rx));
+            tokio::spawn(accept_loop(shared.clone(), addr, listener, rx));
             self.running.insert(addr, tx);
         }
     }
@@ -118,7 +134,7 @@ impl Listeners {
 }
 
 async fn accept_loop(
-    app: Arc<App>,
+    shared: Shared,
     key: SocketAddr,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
@@ -136,7 +152,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Some((permit, reuse)) = take_slot(&app, &gauge, &closed) else {
+                let Some((permit, reuse)) = take_slot(&shared, &gauge, &closed) else {
                     continue;
                 };
                 let span = tracing::debug_span!("conn", %peer);
@@ -149,7 +165,9 @@ async fn accept_loop(
                     per_ip: per_ip.clone(),
                     closed: closed.clone(),
                 };
-                app.tracker.spawn(serve(app.clone(), conn).instrument(span));
+                shared
+                    .tracker
+                    .spawn(serve(shared.clone(), conn).instrument(span));
             }
             Err(e) => accept_error(e).await,
         }
@@ -158,8 +176,8 @@ async fn accept_loop(
 
 /// A slot under `max_connections` for a new connection (counted in `gauge`), or None when every slot is held by a
 /// connection that is not idle. Idle connections closed to make room, and refusals, are counted and logged.
-fn take_slot(app: &App, gauge: &IntGauge, closed: &Closed) -> Option<(Permit, Arc<Reuse>)> {
-    match app.admit(gauge) {
+fn take_slot(shared: &Shared, gauge: &IntGauge, closed: &Closed) -> Option<(Permit, Arc<Reuse>)> {
+    match shared.admit(gauge) {
         Admitted::Slot {
             permit,
             reuse,
@@ -235,7 +253,7 @@ async fn accept_error(e: io::Error) {
     }
 }
 
-async fn serve(app: Arc<App>, conn: Accepted) {
+async fn serve(shared: Shared, conn: Accepted) {
     // The whole preamble (PROXY header, TLS handshake, first request head) has one client_header_timeout.
     let started = Instant::now();
     let Accepted {
@@ -247,18 +265,16 @@ async fn serve(app: Arc<App>, conn: Accepted) {
         per_ip,
         closed,
     } = conn;
-    let snap = app.snapshot();
-    let Some(listener) = snap.listeners.get(&key).cloned() else {
+    let Some(listener) = shared.snapshot.load().listeners.get(&key).cloned() else {
         return;
     };
-    drop(snap);
     // Only settings are kept: a long-lived connection must not pin this snapshot (its upstreams and their pools)
     // past a reload. Each request reads the snapshot of its moment.
     let settings = ConnSettings::of(listener.block());
     let tls = listener.tls.clone();
     drop(listener);
     let _ = stream.set_nodelay(true);
-    let deadline = after(started, settings.header_timeout);
+    let deadline = after(started, settings.limits.header_timeout);
     let Some(peer) = client_address(&mut stream, peer, &settings, deadline).await else {
         closed.proxy_protocol.inc();
         return;
@@ -298,12 +314,12 @@ async fn serve(app: Arc<App>, conn: Accepted) {
         listener: key,
         https,
         hold: Arc::new(ConnHold {
-            tracker: app.tracker.clone(),
+            tracker: shared.tracker.clone(),
             permit,
             _per_ip: per_ip,
         }),
     };
-    serve_http(app, settings, io, client, started, reuse).await;
+    serve_http(shared, settings, io, client, started, reuse).await;
 }
 
 /// The client's address: the peer's, or the source a PROXY header gives when the listener expects one from this
@@ -366,8 +382,7 @@ struct ConnSettings {
     proxy_protocol: bool,
     proxy_protocol_from: Vec<Cidr>,
     max_connections_per_ip: usize,
-    header_timeout: Duration,
-    keepalive_timeout: Duration,
+    limits: Limits,
     max_header_bytes: usize,
 }
 
@@ -377,44 +392,35 @@ impl ConnSettings {
             proxy_protocol: block.proxy_protocol,
             proxy_protocol_from: block.proxy_protocol_from.clone(),
             max_connections_per_ip: block.max_connections_per_ip,
-            header_timeout: block.client_header_timeout,
-            keepalive_timeout: block.keepalive_timeout,
+            limits: Limits {
+                header_timeout: block.client_header_timeout,
+                keepalive_timeout: block.keepalive_timeout,
+            },
             max_header_bytes: block.max_header_bytes,
         }
     }
 }
 
 async fn serve_http(
-    app: Arc<App>,
+    shared: Shared,
     settings: ConnSettings,
     io: ClientStream,
     client: ClientInfo,
     started: Instant,
     (reuse, clock): (Arc<Reuse>, Clock),
 ) {
-    let service_app = app.clone();
-    // Waiting for its first request, a connection is as idle as between two: reusable at the cap (as nginx).
-    reuse.idle(&clock);
-    let phase = Arc::new(ConnPhase {
-        reuse,
-        clock,
-        requests: AtomicU64::new(0),
-        busy: AtomicBool::new(false),
-        tunnel: AtomicBool::new(false),
-        waker: AtomicWaker::new(),
-        head: AtomicU64::new(0),
-    });
-    let io = IdleIo::new(io, phase.clone(), &settings, started);
+    let snapshots = shared.snapshot.clone();
+    let phase = ConnPhase::new(reuse, clock);
+    let io = IdleIo::new(io, phase.clone(), settings.limits, started);
     let client = Arc::new(client);
     let service = service_fn(move |req| {
         let (busy, head) = Busy::new(&phase);
-        let app = service_app.clone();
+        let snap = snapshots.load_full();
         let client = client.clone();
         async move {
-            let out = proxy::handle(app.snapshot(), &client, req, head).await;
-            let resp = app.access_log(&client, out);
+            let resp = proxy::handle(snap, &client, req, head).await;
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                busy.0.tunnel.store(true, Relaxed);
+                busy.became_tunnel();
                 client.hold.permit.not_reusable();
             }
             Ok::<_, Infallible>(resp.map(|body| Held::new(body, busy)))
@@ -428,12 +434,12 @@ async fn serve_http(
         .header_read_timeout(None)
         .max_header_size(settings.max_header_bytes)
         .max_buf_size(settings.max_header_bytes.max(8192))
-        .keep_alive(!settings.keepalive_timeout.is_zero());
+        .keep_alive(!settings.limits.keepalive_timeout.is_zero());
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
-    let mut stop = app.stopping();
+    let mut stop = shared.stopping.clone();
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
@@ -449,280 +455,5 @@ async fn serve_http(
 fn log_conn_end(r: Result<(), hyper::Error>) {
     if let Err(e) = r {
         debug!(error = %e, "client connection ended with an error");
-    }
-}
-
-/// What a connection's service tells its [`IdleIo`]: a request is being served, or the connection has become a
-/// tunnel (which keeps its own idle timeout).
-struct ConnPhase {
-    /// Idle between requests (reusable at the connection cap), or picked to close.
-    reuse: Arc<Reuse>,
-    clock: Clock,
-    requests: AtomicU64,
-    busy: AtomicBool,
-    tunnel: AtomicBool,
-    /// The connection task, woken when a request ends so that a read left waiting meanwhile gets its deadline.
-    waker: AtomicWaker,
-    /// The framing lines of a head seen whole: (its request number, from 1) << 24 | padded << 16 | te << 8 | cl.
-    head: AtomicU64,
-}
-
-impl ConnPhase {
-    /// The counts of request number `n`'s head, when IdleIo saw all of it.
-    fn head_counts(&self, n: u64) -> Option<HeadCounts> {
-        let packed = self.head.load(Relaxed);
-        (packed >> 24 == n).then_some(HeadCounts {
-            content_length: packed as u8,
-            transfer_encoding: (packed >> 8) as u8,
-            padded_coding: packed & 1 << 16 != 0,
-        })
-    }
-}
-
-/// A request in progress, from its parsed head until hyper drops its response body (hyper serves one request of
-/// a connection at a time).
-struct Busy(Arc<ConnPhase>);
-
-impl Busy {
-    /// Marks the next request in progress; with it, the framing counts of its head when they are known.
-    fn new(phase: &Arc<ConnPhase>) -> (Busy, Option<HeadCounts>) {
-        let n = phase.requests.fetch_add(1, Relaxed) + 1;
-        phase.busy.store(true, Relaxed);
-        (Busy(phase.clone()), phase.head_counts(n))
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        if !self.0.tunnel.load(Relaxed) {
-            self.0.reuse.idle(&self.0.clock);
-        }
-        self.0.busy.store(false, Relaxed);
-        self.0.waker.wake();
-    }
-}
-
-/// Client IO with the connection's deadlines, one timer per connection, re-armed only when it fires early:
-/// - the first request head must be complete within `client_header_timeout` of the connection's start; a later
-///   one must start within `keepalive_timeout` of the last byte moved (else the connection closes quietly) and be
-///   complete within `client_header_timeout` of its first byte;
-/// - a write that makes no progress for `client_header_timeout` (a client that does not read) ends it;
-/// - no read deadline while a request is served (its body has its own), none at all once it is a tunnel.
-struct IdleIo {
-    inner: ClientStream,
-    phase: Arc<ConnPhase>,
-    header_timeout: Duration,
-    keepalive_timeout: Duration,
-    seen_requests: u64,
-    /// When the first byte of the head being read arrived (the connection's start for the first head).
-    head_started: Option<Instant>,
-    /// The last byte moved, either way.
-    last: Instant,
-    /// Counting the framing lines of the head being read, while it is.
-    scan: Option<HeadScan>,
-    read_waiting: bool,
-    write_waiting: bool,
-    sleep: Pin<Box<Sleep>>,
-    armed: Instant,
-}
-
-/// Takes a client connection back from hyper once it has upgraded: the stream and the bytes hyper had read past
-/// the request head. A tunnel keeps its own idle timeout, so the connection's deadlines are left behind.
-pub fn take_upgraded(
-    up: hyper::upgrade::Upgraded,
-) -> Result<(ClientStream, bytes::Bytes), hyper::upgrade::Upgraded> {
-    up.downcast::<TokioIo<IdleIo>>()
-        .map(|parts| (parts.io.into_inner().inner, parts.read_buf))
-}
-
-impl IdleIo {
-    /// `started`: when the connection was accepted, the start of its first head's deadline.
-    fn new(
-        inner: ClientStream,
-        phase: Arc<ConnPhase>,
-        settings: &ConnSettings,
-        started: Instant,
-    ) -> IdleIo {
-        let now = started;
-        let armed = after(now, settings.header_timeout);
-        IdleIo {
-            inner,
-            phase,
-            header_timeout: settings.header_timeout,
-            keepalive_timeout: settings.keepalive_timeout,
-            seen_requests: 0,
-            head_started: Some(now),
-            last: now,
-            scan: Some(HeadScan::default()),
-            read_waiting: false,
-            write_waiting: false,
-            sleep: Box::pin(tokio::time::sleep_until(armed)),
-            armed,
-        }
-    }
-
-    /// Forgets the head start once the service has taken the request it belonged to.
-    fn sync(&mut self) {
-        let requests = self.phase.requests.load(Relaxed);
-        if requests != self.seen_requests {
-            self.seen_requests = requests;
-            self.head_started = None;
-            self.scan = None;
-        }
-    }
-
-    /// Bytes moved (`read`: these came in).
-    fn progressed(&mut self, read: Option<&[u8]>) {
-        self.sync();
-        self.last = Instant::now();
-        let Some(bytes) = read else { return };
-        if self.phase.busy.load(Relaxed) {
-            return;
-        }
-        if self.head_started.is_none() {
-            self.head_started = Some(self.last);
-            self.scan = Some(HeadScan::default());
-        }
-        self.phase.reuse.busy();
-        if let Some(counts) = self.scan.as_mut().and_then(|s| s.feed(bytes)) {
-            let n = self.seen_requests + 1;
-            let packed = n << 24
-                | u64::from(counts.padded_coding) << 16
-                | u64::from(counts.transfer_encoding) << 8
-                | u64::from(counts.content_length);
-            self.phase.head.store(packed, Relaxed);
-            self.scan = None;
-        }
-    }
-
-    fn deadline(&mut self) -> Option<Instant> {
-        if self.phase.tunnel.load(Relaxed) {
-            return None;
-        }
-        self.sync();
-        let read = (self.read_waiting && !self.phase.busy.load(Relaxed)).then(|| {
-            match self.head_started {
-                Some(t) => after(t, self.header_timeout),
-                None => after(self.last, self.keepalive_timeout),
-            }
-        });
-        let write = self
-            .write_waiting
-            .then(|| after(self.last, self.header_timeout));
-        read.into_iter().chain(write).min()
-    }
-
-    /// Ready when the current deadline has passed.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            let Some(deadline) = self.deadline() else {
-                return Poll::Pending;
-            };
-            if Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-            if deadline < self.armed || self.sleep.is_elapsed() {
-                self.sleep.as_mut().reset(deadline);
-                self.armed = deadline;
-            }
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-        }
-    }
-
-    /// A write-side operation under the send deadline. Only bytes written count as progress: hyper flushes on
-    /// every wake-up, and an idle connection's flush must not push its keep-alive deadline back.
-    fn poll_write_with<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        op: impl FnOnce(Pin<&mut ClientStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
-        moved: impl FnOnce(&T) -> bool,
-    ) -> Poll<io::Result<T>> {
-        match op(Pin::new(&mut self.inner), cx) {
-            Poll::Ready(r) => {
-                self.write_waiting = false;
-                if r.as_ref().is_ok_and(moved) {
-                    self.progressed(None);
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                self.write_waiting = true;
-                match self.poll_expired(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-}
-
-impl AsyncRead for IdleIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                this.read_waiting = false;
-                if buf.filled().len() > before {
-                    this.progressed(Some(&buf.filled()[before..]));
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                this.read_waiting = true;
-                if this.phase.busy.load(Relaxed) {
-                    this.phase.waker.register(cx.waker());
-                } else if this.head_started.is_none() && this.phase.reuse.evicted(cx.waker()) {
-                    // Idle and picked to make room for a new connection: end as a client closing would.
-                    return Poll::Ready(Ok(()));
-                }
-                match this.poll_expired(cx) {
-                    // Idle between requests: end quietly, as a client closing would.
-                    Poll::Ready(()) if this.head_started.is_none() => Poll::Ready(Ok(())),
-                    Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-}
-
-impl AsyncWrite for IdleIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_write_with(cx, |s, cx| s.poll_write(cx, buf), |n| *n > 0)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_write_with(cx, |s, cx| s.poll_write_vectored(cx, bufs), |n| *n > 0)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut()
-            .poll_write_with(cx, |s, cx| s.poll_flush(cx), |_| false)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut()
-            .poll_write_with(cx, |s, cx| s.poll_shutdown(cx), |_| false)
     }
 }

@@ -9,12 +9,15 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::access_log::AccessLog;
 use crate::config::{Balance, Config, Location, Problem, ServerBlock, Store};
 use crate::metrics::ServerMetrics;
 use crate::sticky::store::SessionStore;
 use crate::sticky::table::SessionTable;
+use crate::sticky::ServerId;
+use crate::sync::lock;
 use crate::tls;
-use crate::upstream::{Pool, ServerId, ServerState, TlsTarget, Upstream};
+use crate::upstream::{Pool, ServerState, TlsTarget, Upstream};
 
 /// A location with its upstream resolved.
 pub struct Route {
@@ -89,6 +92,8 @@ pub struct Snapshot {
     pub config: Config,
     pub listeners: HashMap<SocketAddr, Arc<Listener>>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Where access log lines go (kept open across reloads that leave `access_log` as it is).
+    pub access_log: Arc<AccessLog>,
 }
 
 impl Snapshot {
@@ -128,7 +133,12 @@ pub struct Carry {
 
 impl Carry {
     /// Builds a snapshot, reusing state for servers and upstreams that were there before and dropping the rest.
-    pub fn build(&self, config: Config, mut tls: TlsConfigs) -> Snapshot {
+    pub fn build(
+        &self,
+        config: Config,
+        mut tls: TlsConfigs,
+        access_log: Arc<AccessLog>,
+    ) -> Snapshot {
         let mut keep_servers = HashSet::new();
         let mut upstreams = BTreeMap::new();
         for (name, up) in &config.upstreams {
@@ -157,17 +167,18 @@ impl Carry {
             config,
             listeners,
             upstreams,
+            access_log,
         }
     }
 
     fn server_state(&self, upstream: &str, name: &str, checked: bool) -> Arc<ServerState> {
-        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut servers = lock(&self.servers);
         let key = (upstream.to_string(), name.to_string());
         if let Some(s) = servers.get(&key) {
             return s.clone();
         }
         let id = {
-            let mut next = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
+            let mut next = lock(&self.next_id);
             *next += 1;
             *next
         };
@@ -198,7 +209,7 @@ impl Carry {
             keepalive_timeout: up.keepalive_timeout,
             tls: up.tls.clone(),
         };
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pools = lock(&self.pools);
         let slot = (up.name.clone(), server.name.clone());
         if let Some((k, pool)) = pools.get(&slot) {
             if *k == key {
@@ -218,7 +229,7 @@ impl Carry {
     }
 
     fn table(&self, name: &str, up: &crate::config::Upstream) -> Arc<SessionTable> {
-        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tables = lock(&self.tables);
         if let Some(t) = tables.get(name) {
             t.set_limits(up.sticky.session_ttl, up.sticky.max_sessions);
             return t.clone();
@@ -246,7 +257,7 @@ impl Carry {
         };
         let prefix = &up.sticky.key_prefix;
         let ttl = up.sticky.session_ttl;
-        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stores = lock(&self.stores);
         if let Some((u, p, store)) = stores.get(name) {
             if u == url && p == prefix {
                 store.set_ttl(ttl);
@@ -271,23 +282,17 @@ impl Carry {
 
     /// Drops state of servers, tables and stores that left the config, and sticky entries of removed servers.
     fn prune(&self, keep: &HashSet<(String, String)>, upstreams: &BTreeMap<String, Arc<Upstream>>) {
-        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
-        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let mut servers = lock(&self.servers);
+        let mut tables = lock(&self.tables);
         tables.retain(|name, _| upstreams.get(name).is_some_and(|u| u.sessions.is_some()));
-        self.stores
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|name, _| upstreams.get(name).is_some_and(|u| u.store.is_some()));
+        lock(&self.stores).retain(|name, _| upstreams.get(name).is_some_and(|u| u.store.is_some()));
         for up in upstreams.values() {
             if let Some(t) = &up.sessions {
                 let ids: HashSet<ServerId> = up.peers.iter().map(|p| p.state.id).collect();
                 t.retain_servers(|id| ids.contains(&id));
             }
         }
-        self.pools
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| keep.contains(k));
+        lock(&self.pools).retain(|k, _| keep.contains(k));
         let removed: Vec<_> = servers
             .keys()
             .filter(|k| !keep.contains(*k))

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::upstream::now_ms;
+use crate::clock::now_ms;
 
 /// Lets one warning of its kind through per second.
 pub struct WarnLimit {

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use encode::percent_encode;
-use limpet::proxy::HeadScan;
+use limpet::conn::HeadScan;
 use limpet::proxy_protocol::{self, ProxyHeader};
 use limpet::sticky::engineio::{
     cookie_sid, decode_sid, handshake_sid, is_handshake, query_param, query_sid, set_cookie_sid,

@@ -1,4 +1,43 @@
-//! A client connection's plumbing that knows nothing of limpet's routing: deadlines and connection slots.
+//! A client connection's plumbing, which knows nothing of routing: its stream and deadlines, the framing scan of
+//! its request heads, and its slots (the connection cap, per-address caps, idle reuse).
 
 pub mod deadline;
+pub mod head_scan;
+pub mod idle_io;
 pub mod slots;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+pub use head_scan::{HeadCounts, HeadScan};
+
+/// A client connection, plain or TLS.
+pub type ClientStream = crate::stream::MaybeTls<TlsStream<TcpStream>>;
+
+/// What limpet knows of the client connection a request came on.
+#[derive(Clone)]
+pub struct ClientInfo {
+    /// The TCP peer (or the source a PROXY protocol header gave).
+    pub peer: SocketAddr,
+    /// The peer's address as header text (`X-Forwarded-For`, `X-Real-IP`), made once per connection.
+    pub peer_text: HeaderValue,
+    /// The listen address it was accepted on, as configured.
+    pub listener: SocketAddr,
+    pub https: bool,
+    /// Held by the connection and by a tunnel it turns into.
+    pub hold: Arc<ConnHold>,
+}
+
+/// What a client connection holds while it lives, tunnel included.
+pub struct ConnHold {
+    /// Tracks tunnels for graceful shutdown.
+    pub tracker: tokio_util::task::TaskTracker,
+    /// Its slot under `max_connections`.
+    pub permit: slots::Permit,
+    /// Its place under `max_connections_per_ip`, when the listener has one.
+    pub _per_ip: Option<slots::IpPermit>,
+}

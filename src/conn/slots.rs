@@ -8,10 +8,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use futures_util::task::AtomicWaker;
 use prometheus::IntGauge;
+
+use crate::sync::lock;
 use tokio::time::Instant;
 
 /// Registry and per-address shards: connections spread by id or address.
@@ -230,11 +232,6 @@ fn ip_shard(ip: IpAddr) -> usize {
         IpAddr::V6(v6) => v6.octets()[15],
     };
     usize::from(last) % SHARDS
-}
-
-/// A poisoned lock only means another thread panicked mid-update of plain counters: carry on.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

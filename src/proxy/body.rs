@@ -1,10 +1,9 @@
 //! Bodies in both directions, streamed: the client's request body with its size limit, and the response body
 //! that keeps its server counted in flight, times out when idle, and hands its connection back to the pool.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,10 +12,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
 
 use super::ProxyError;
-use crate::conn::deadline::after;
+use crate::conn::deadline::Idle;
 use crate::upstream::{InFlight, Upstream};
 
 /// Why a body stopped early.
@@ -45,47 +43,6 @@ impl BodyError {
                 "request body too slow",
             )),
             BodyError::Upstream(_) | BodyError::UpstreamTimeout => None,
-        }
-    }
-}
-
-/// A deadline that moves with progress without touching the timer on every read: progress only records its
-/// time, and the timer is re-armed when it fires early. The clock starts at the first wait.
-struct Idle {
-    after: Duration,
-    last: Option<Instant>,
-    sleep: Option<Pin<Box<Sleep>>>,
-}
-
-impl Idle {
-    fn new(after: Duration) -> Idle {
-        Idle {
-            after,
-            last: None,
-            sleep: None,
-        }
-    }
-
-    /// Something moved: the clock starts again at the next wait. Time spent between a frame and the next poll
-    /// (the other side busy, or not reading) is not a wait on this side.
-    fn progress(&mut self) {
-        self.last = None;
-    }
-
-    /// Ready once `after` has passed since the first wait after the last progress.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let last = *self.last.get_or_insert_with(Instant::now);
-        let deadline = after(last, self.after);
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            ready!(sleep.as_mut().poll(cx));
-            let deadline = after(self.last.unwrap_or(last), self.after);
-            if Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-            sleep.as_mut().reset(deadline);
         }
     }
 }

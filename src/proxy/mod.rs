@@ -1,188 +1,248 @@
 //! Request forwarding: route, pick a server (sticky session or balancer), send over a pooled connection,
 //! relay the answer, and hand `101 Switching Protocols` to the tunnel.
 
+pub mod affinity;
 pub mod body;
 pub mod error;
 pub mod headers;
-mod request;
-pub mod sticky;
+pub mod request;
 pub mod tunnel;
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::access_log::{AccessLog, Entry, Logged};
 use crate::balance::PickKey;
+use crate::conn::{ClientInfo, HeadCounts};
 use crate::runtime::{Route, Snapshot};
 use crate::upstream::{InFlight, Upstream};
 use crate::warn_limit::WarnLimit;
+use affinity::{Learn, Lookup, Plan, Target};
 use body::{Lease, RequestBody, ResponseBody, UpstreamBody};
 pub use error::ProxyError;
 use request::Prepared;
-pub use request::{HeadCounts, HeadScan};
-use sticky::{Learn, Plan, Target};
 
 /// Failed requests, logged at most once a second (failed connects are limited per server).
 static PROXY_ERRORS: WarnLimit = WarnLimit::new();
 
-/// What limpet knows of the client connection a request came on.
-#[derive(Clone)]
-pub struct ClientInfo {
-    /// The TCP peer (or the source a PROXY protocol header gave).
-    pub peer: SocketAddr,
-    /// The peer's address as header text (`X-Forwarded-For`, `X-Real-IP`), made once per connection.
-    pub peer_text: HeaderValue,
-    /// The listen address it was accepted on, as configured.
-    pub listener: SocketAddr,
-    pub https: bool,
-    /// Held by the connection and by a tunnel it turns into.
-    pub hold: Arc<ConnHold>,
-}
-
-/// What a client connection holds while it lives, tunnel included.
-pub struct ConnHold {
-    /// Tracks tunnels for graceful shutdown.
-    pub tracker: tokio_util::task::TaskTracker,
-    /// Its slot under `max_connections`.
-    pub permit: crate::conn::slots::Permit,
-    /// Its place under `max_connections_per_ip`, when the listener has one.
-    pub _per_ip: Option<crate::conn::slots::IpPermit>,
-}
-
-/// The outcome of one request, for metrics and the access log.
-pub struct Outcome {
-    pub method: Method,
-    pub uri: http::Uri,
-    pub started: Instant,
-    pub response: Response<ResponseBody>,
-    pub upstream: Option<Arc<Upstream>>,
-    pub server: Option<usize>,
-    pub sticky: Option<&'static str>,
-    /// The client address after PROXY protocol and `trusted_proxies` (None before it was known).
-    pub client_ip: Option<std::net::IpAddr>,
-    /// For a `101`: what the tunnel carried, once it has ended.
-    pub tunnel: Option<tokio::sync::oneshot::Receiver<tunnel::Carried>>,
-}
-
-/// Answers one request: proxied, or limpet's own error answer. `head`: the framing lines counted on the raw
-/// head, when the connection saw all of it.
+/// Answers one request: proxied, or limpet's own error answer, with its access log line to come. `head`: the
+/// framing lines counted on the raw head, when the connection saw all of it.
 pub async fn handle(
     snap: Arc<Snapshot>,
     client: &ClientInfo,
     req: Request<Incoming>,
     head: Option<HeadCounts>,
-) -> Outcome {
+) -> Response<Logged<ResponseBody>> {
     let started = Instant::now();
-    // The target is kept for the access log only.
-    let logged = snap.config.global.access_log != crate::config::AccessLog::Off;
-    let mut out = Outcome {
-        method: req.method().clone(),
-        uri: if logged {
-            req.uri().clone()
-        } else {
-            http::Uri::default()
-        },
+    let log = &snap.access_log;
+    // The request line is kept for the access log only.
+    let request_line = log
+        .is_on()
+        .then(|| (req.method().clone(), req.uri().clone()));
+    let from = From {
+        client,
         started,
-        response: Response::new(ResponseBody::empty()),
-        upstream: None,
-        server: None,
-        sticky: None,
-        client_ip: None,
-        tunnel: None,
+        request_line: request_line.as_ref(),
+        log,
     };
-    match forward(&snap, client, req, head, &mut out).await {
-        Ok(resp) => out.response = resp,
-        Err(e) => {
-            if e.is_upstream() {
-                if let Some(held_back) = PROXY_ERRORS.allow() {
-                    warn!(client = %client.peer, error = %e, held_back, "proxy error");
-                }
-            } else {
-                debug!(client = %client.peer, error = %e, "request refused");
+    let Forwarded { result, trail } = forward(&snap, &from, req, head).await;
+    let response = answer(result, client);
+    trail.record(&response, started);
+    // A tunnel writes its own line when it ends.
+    let entry = request_line
+        .filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS)
+        .map(|line| trail.entry(client, started, line, response.status()));
+    response.map(|body| log.wrap(entry, body))
+}
+
+/// Who asked, and what its access log line needs.
+struct From<'a> {
+    client: &'a ClientInfo,
+    started: Instant,
+    /// Method and target, when the access log is on.
+    request_line: Option<&'a (Method, Uri)>,
+    log: &'a Arc<AccessLog>,
+}
+
+/// What became of a request: the answer, and what metrics and the access log say of it.
+struct Forwarded {
+    result: Result<Response<ResponseBody>, ProxyError>,
+    trail: Trail,
+}
+
+/// What is known of where a request went.
+#[derive(Default)]
+struct Trail {
+    upstream: Option<Arc<Upstream>>,
+    server: Option<usize>,
+    lookup: Option<Lookup>,
+    /// The client address after PROXY protocol and `trusted_proxies` (None before it was known).
+    client_ip: Option<IpAddr>,
+}
+
+/// The client's answer: the server's, or limpet's own for an error (logged).
+fn answer(
+    result: Result<Response<ResponseBody>, ProxyError>,
+    client: &ClientInfo,
+) -> Response<ResponseBody> {
+    result.unwrap_or_else(|e| {
+        if e.is_upstream() {
+            if let Some(held_back) = PROXY_ERRORS.allow() {
+                warn!(client = %client.peer, error = %e, held_back, "proxy error");
             }
-            out.response = e.response();
+        } else {
+            debug!(client = %client.peer, error = %e, "request refused");
         }
-    }
-    if let Some(up) = &out.upstream {
+        e.response()
+    })
+}
+
+impl Trail {
+    /// Counts the answer against its upstream and server.
+    fn record(&self, response: &Response<ResponseBody>, started: Instant) {
+        let Some(up) = &self.upstream else { return };
         up.duration.observe(started.elapsed().as_secs_f64());
-        let status = out.response.status().as_u16();
-        match out.server {
+        let status = response.status().as_u16();
+        match self.server {
             Some(i) => up.peers[i].state.metrics.record_status(status),
             None => up.no_server.record(status),
         }
     }
-    out
+
+    /// The access log line's fields.
+    fn entry(
+        &self,
+        client: &ClientInfo,
+        started: Instant,
+        (method, uri): (Method, Uri),
+        status: StatusCode,
+    ) -> Entry {
+        Entry {
+            client: self.client_ip.unwrap_or_else(|| client.peer.ip()),
+            method,
+            uri,
+            status: status.as_u16(),
+            upstream: self.upstream.as_ref().map(|u| u.name().to_string()),
+            server: self
+                .upstream
+                .as_ref()
+                .zip(self.server)
+                .and_then(|(u, i)| u.peers.get(i))
+                .map(|p| p.spec.name.clone()),
+            sticky: self.lookup.map(Lookup::as_str),
+            started,
+        }
+    }
 }
 
+/// Reads the request, plans where it goes and sends it.
 async fn forward(
     snap: &Snapshot,
-    client: &ClientInfo,
+    from: &From<'_>,
     mut req: Request<Incoming>,
     head: Option<HeadCounts>,
-    out: &mut Outcome,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    if req.method() == Method::CONNECT {
-        return Err(ProxyError::MethodNotAllowed);
-    }
-    let listener = snap
-        .listeners
-        .get(&client.listener)
-        .ok_or(ProxyError::NoRoute)?;
-    request::check_request_line(&req, listener.block().max_header_bytes)?;
-    request::check_framing(&req, head)?;
-    let host = request::host(&req)?;
-    let site = listener.site(host.as_ref().map(http::uri::Authority::host));
-    let route = site.route(req.uri().path()).ok_or(ProxyError::NoRoute)?;
+) -> Forwarded {
+    let facts = match request::read(snap, from.client, &req, head) {
+        Ok(facts) => facts,
+        Err(e) => return Forwarded::untraced(e),
+    };
+    let route = facts.route;
     let upstream = route.upstream.clone();
-    out.upstream = Some(upstream.clone());
-    let limit = route.location.client_max_body_size;
-    if limit != 0 && request::content_length(&req).is_some_and(|n| n > limit) {
-        return Err(ProxyError::BodyTooLarge);
+    if facts.too_large() {
+        let trail = Trail {
+            upstream: Some(upstream),
+            ..Trail::default()
+        };
+        let result = Err(ProxyError::BodyTooLarge);
+        return Forwarded { result, trail };
     }
-    let source = request::source(client, &site.block.trusted_proxies, req.headers());
-    let client_ip = source.ip;
-    out.client_ip = Some(client_ip);
-    let websocket = request::wants_websocket(&req);
-    let plan = sticky::plan(&upstream, &req, websocket, out).await?;
-    let upgrade = websocket.then(|| Upgrade {
+    let decision = affinity::plan(&upstream, &req, facts.websocket).await;
+    let mut trail = Trail {
+        upstream: Some(upstream.clone()),
+        server: None,
+        lookup: decision.lookup,
+        client_ip: Some(facts.source.ip),
+    };
+    let plan = match decision.plan {
+        Ok(plan) => plan,
+        Err(e) => {
+            return Forwarded {
+                result: Err(e),
+                trail,
+            }
+        }
+    };
+    let upgrade = facts.websocket.then(|| Upgrade {
         client: hyper::upgrade::on(&mut req),
-        accept: request::expected_accept(&req),
+        accept: facts.accept.clone(),
     });
-    let hash_key = request::hash_key(&upstream, &req, client_ip);
-    let body_idle = listener.block().client_header_timeout;
-    let prepared = request::prepare(req, route, client, source, websocket, body_idle);
-    let key = match &hash_key {
+    let key = match &facts.hash_key {
         Some(bytes) => PickKey::Bytes(bytes),
-        None => PickKey::Ip(client_ip),
+        None => PickKey::Ip(facts.source.ip),
     };
     let ctx = Ctx {
         route,
         upstream: &upstream,
-        client,
-        log_tunnels: snap.config.global.access_log != crate::config::AccessLog::Off,
+        from,
+        log_line: from.request_line.map(|line| LogLine {
+            line,
+            client_ip: facts.source.ip,
+            lookup: decision.lookup,
+        }),
     };
-    send(&ctx, plan, &key, prepared, upgrade, out).await
+    let prepared = request::prepare(req, &facts, from.client);
+    let sent = send(&ctx, plan, &key, prepared, upgrade).await;
+    trail.server = sent.server;
+    Forwarded {
+        result: sent.result,
+        trail,
+    }
+}
+
+impl Forwarded {
+    /// Refused before it was routed.
+    fn untraced(e: ProxyError) -> Forwarded {
+        Forwarded {
+            result: Err(e),
+            trail: Trail::default(),
+        }
+    }
 }
 
 /// Where a request is going and where it came from.
 struct Ctx<'a> {
     route: &'a Route,
     upstream: &'a Arc<Upstream>,
-    client: &'a ClientInfo,
-    /// The access log is on: a tunnel reports what it carried when it ends.
-    log_tunnels: bool,
+    from: &'a From<'a>,
+    /// What a tunnel's access log line says, when the access log is on.
+    log_line: Option<LogLine<'a>>,
+}
+
+/// The parts of an access log line known before the request is sent.
+#[derive(Clone, Copy)]
+struct LogLine<'a> {
+    line: &'a (Method, Uri),
+    client_ip: IpAddr,
+    lookup: Option<Lookup>,
 }
 
 /// The client half of a WebSocket upgrade and the accept value its server must answer.
 struct Upgrade {
     client: hyper::upgrade::OnUpgrade,
     accept: Option<String>,
+}
+
+/// What sending a request came to, and the server it went to last.
+struct Sent {
+    server: Option<usize>,
+    result: Result<Response<ResponseBody>, ProxyError>,
 }
 
 /// Tries servers until one answers: a failed connect moves on to another usable server, up to `retries`.
@@ -192,19 +252,26 @@ async fn send(
     key: &PickKey<'_>,
     mut prepared: Prepared,
     upgrade: Option<Upgrade>,
-    out: &mut Outcome,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Sent {
     let upstream = ctx.upstream;
     let loc = &ctx.route.location;
     let target = plan.target;
     let name = upstream.name();
     let mut tried: Vec<usize> = Vec::new();
+    let mut server = None;
+    let fail = |server, e| Sent {
+        server,
+        result: Err(e),
+    };
     loop {
         let index = match target {
             Target::Fixed(i) => i,
-            Target::Pick => upstream.pick(key, &tried).ok_or(ProxyError::NoServer)?,
+            Target::Pick => match upstream.pick(key, &tried) {
+                Some(i) => i,
+                None => return fail(server, ProxyError::NoServer),
+            },
         };
-        out.server = Some(index);
+        server = Some(index);
         let peer = &upstream.peers[index];
         let in_flight = InFlight::new(peer.state.clone());
         let conn = match peer.pool.get(loc.connect_timeout).await {
@@ -217,15 +284,11 @@ async fn send(
                 tried.push(index);
                 if matches!(target, Target::Fixed(_)) {
                     let session = plan.session.as_deref();
-                    return Err(sticky::lost_session(
-                        upstream,
-                        session,
-                        upgrade.is_some(),
-                        e.into(),
-                    ));
+                    let e = affinity::lost_session(upstream, session, upgrade.is_some(), e.into());
+                    return fail(server, e);
                 }
                 if tried.len() > upstream.config.retries as usize {
-                    return Err(e.into());
+                    return fail(server, e.into());
                 }
                 continue;
             }
@@ -235,11 +298,11 @@ async fn send(
                 prepared.request.headers_mut().insert(header::HOST, host);
             }
         }
-        match exchange(conn, prepared, loc.read_timeout).await {
+        let result = match exchange(conn, prepared, loc.read_timeout).await {
             Exchange::Done(resp, sender) => {
                 if let Err(e) = check_response(&resp) {
                     peer.record_failure(name, &e);
-                    return Err(e);
+                    return fail(server, e);
                 }
                 peer.state.record_success();
                 let lease = Lease {
@@ -248,16 +311,20 @@ async fn send(
                     in_flight,
                     sender,
                 };
-                return respond(ctx, resp, lease, plan.learn, upgrade, out).await;
+                respond(ctx, resp, lease, plan.learn, upgrade).await
             }
-            Exchange::Stale(req) => prepared = req,
+            Exchange::Stale(req) => {
+                prepared = req;
+                continue;
+            }
             Exchange::Failed(e) => {
                 if e.is_upstream() {
                     peer.record_failure(name, &e);
                 }
-                return Err(e);
+                Err(e)
             }
-        }
+        };
+        return Sent { server, result };
     }
 }
 
@@ -350,7 +417,6 @@ async fn respond(
     lease: Lease,
     learn: Learn,
     upgrade: Option<Upgrade>,
-    out: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let route = ctx.route;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -359,11 +425,11 @@ async fn respond(
                 "101 to a request that asked for no upgrade",
             ));
         };
-        return switch_protocols(ctx, resp, lease, upgrade, out);
+        return switch_protocols(ctx, resp, lease, upgrade);
     }
     let (mut parts, body) = resp.into_parts();
     let (prefix, body) =
-        sticky::learn(&lease, &parts, body, learn, route.location.read_timeout).await?;
+        affinity::learn(&lease, &parts, body, learn, route.location.read_timeout).await?;
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
     let body = UpstreamBody::new(prefix, body, route.location.read_timeout, lease);
@@ -378,10 +444,8 @@ fn switch_protocols(
     mut resp: Response<Incoming>,
     lease: Lease,
     upgrade: Upgrade,
-    out: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (route, client) = (ctx.route, ctx.client);
-    request::check_websocket_accept(&resp, upgrade.accept.as_deref())?;
+    check_websocket_accept(&resp, upgrade.accept.as_deref())?;
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let mut client_resp = Response::new(ResponseBody::empty());
     *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -390,21 +454,58 @@ fn switch_protocols(
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     *client_resp.headers_mut() = h;
-    let idle = route.location.read_timeout;
-    let hold = client.hold.clone();
-    let (client_upgrade, in_flight) = (upgrade.client, lease.in_flight);
-    let ended = ctx.log_tunnels.then(|| {
-        let (ended, carried) = tokio::sync::oneshot::channel();
-        out.tunnel = Some(carried);
-        ended
+    let idle = ctx.route.location.read_timeout;
+    let hold = ctx.from.client.hold.clone();
+    let logged = ctx.log_line.map(|l| {
+        let entry = l.entry(ctx.from, &lease);
+        (ctx.from.log.clone(), entry)
     });
+    let (client_upgrade, in_flight) = (upgrade.client, lease.in_flight);
     hold.tracker.clone().spawn(async move {
         // Made here rather than captured, so the task holds one copy of the tunnel's future, not two.
         let carried = tunnel::run(client_upgrade, upstream_upgrade, idle, in_flight).await;
-        if let Some(ended) = ended {
-            let _ = ended.send(carried);
+        if let Some((log, entry)) = logged {
+            log.tunnel_ended(&entry, carried.from_server, carried.from_client);
         }
         drop(hold);
     });
     Ok(client_resp)
+}
+
+impl LogLine<'_> {
+    /// The line of a tunnel to the server of `lease`.
+    fn entry(&self, from: &From<'_>, lease: &Lease) -> Entry {
+        let (method, uri) = self.line;
+        Entry {
+            client: self.client_ip,
+            method: method.clone(),
+            uri: uri.clone(),
+            status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+            upstream: Some(lease.upstream.name().to_string()),
+            server: Some(lease.upstream.peers[lease.index].spec.name.clone()),
+            sticky: self.lookup.map(Lookup::as_str),
+            started: from.started,
+        }
+    }
+}
+
+/// Checks a 101: `Upgrade: websocket` and the accept value matching the client's key.
+fn check_websocket_accept(
+    resp: &Response<Incoming>,
+    expected: Option<&str>,
+) -> Result<(), ProxyError> {
+    let h = resp.headers();
+    let upgrade_ok = h
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if !upgrade_ok {
+        return Err(ProxyError::BadUpgrade("101 without Upgrade: websocket"));
+    }
+    let accept = h.get(header::SEC_WEBSOCKET_ACCEPT).map(|v| v.as_bytes());
+    match (accept, expected) {
+        (Some(got), Some(want)) if got == want.as_bytes() => Ok(()),
+        _ => Err(ProxyError::BadUpgrade(
+            "101 with a missing or wrong Sec-WebSocket-Accept",
+        )),
+    }
 }

@@ -5,17 +5,18 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::body::RequestBody;
 use super::headers::{forwarded_client, has_token, set_forwarded, strip_request, Forwarding};
-use super::{ClientInfo, ProxyError};
+use super::ProxyError;
 use crate::balance::Method as Balance;
 use crate::config::{Cidr, HashKey};
-use crate::runtime::Route;
+use crate::conn::{ClientInfo, HeadCounts};
+use crate::runtime::{Route, Snapshot};
 use crate::upstream::Upstream;
 
 /// A request ready for a server.
@@ -33,7 +34,7 @@ pub struct Prepared {
 
 /// The request's authority (its `host()` is the host, port stripped, in the case the client sent), validating
 /// `Host`: exactly one on HTTP/1.1, well-formed, and the authority of an absolute-form target wins over it.
-pub fn host(req: &Request<Incoming>) -> Result<Option<Authority>, ProxyError> {
+fn host(req: &Request<Incoming>) -> Result<Option<Authority>, ProxyError> {
     let mut values = req.headers().get_all(header::HOST).iter();
     let first = values.next();
     if values.next().is_some() {
@@ -67,97 +68,12 @@ pub fn host(req: &Request<Incoming>) -> Result<Option<Authority>, ProxyError> {
     Ok(Some(authority))
 }
 
-/// How many `Content-Length` and `Transfer-Encoding` lines a request head carried, counted on its raw bytes:
-/// hyper merges repeated `Content-Length` lines and drops one beside `Transfer-Encoding` before limpet sees the
-/// request. The connection hands it to [`crate::proxy::handle`] when it saw the whole head.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HeadCounts {
-    pub content_length: u8,
-    pub transfer_encoding: u8,
-    /// A `Transfer-Encoding` value ended in whitespace (`chunked `), which hyper trims.
-    pub padded_coding: bool,
-}
-
-/// Longest header-name prefix [`HeadScan`] compares: `transfer-encoding:`.
-const SCAN_PREFIX: usize = 18;
-
-/// Counts the framing header lines of one request head as its bytes arrive, up to the blank line ending it.
-/// No allocation; line ends found with `memchr`, over heads only.
-#[derive(Debug, Default)]
-pub struct HeadScan {
-    counts: HeadCounts,
-    line: [u8; SCAN_PREFIX],
-    len: usize,
-    lines: usize,
-    /// The last two bytes of the current line.
-    tail: [u8; 2],
-}
-
-impl HeadScan {
-    /// Feeds the next bytes of the head; the counts once its blank line has passed (bytes after it are not
-    /// looked at).
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Option<HeadCounts> {
-        while !bytes.is_empty() {
-            let end = memchr::memchr(b'\n', bytes);
-            let part = &bytes[..end.unwrap_or(bytes.len())];
-            self.extend_line(part);
-            let end = end?;
-            bytes = &bytes[end + 1..];
-            if self.end_line() {
-                return Some(self.counts);
-            }
-        }
-        None
-    }
-
-    /// Adds bytes of the current line: its first `SCAN_PREFIX` lowercased, and its last two.
-    fn extend_line(&mut self, part: &[u8]) {
-        let start = self.len.min(SCAN_PREFIX);
-        for (slot, b) in self.line[start..].iter_mut().zip(part) {
-            *slot = b.to_ascii_lowercase();
-        }
-        self.len = self.len.saturating_add(part.len());
-        self.tail = match *part {
-            [] => self.tail,
-            [b] => [self.tail[1], b],
-            [.., a, b] => [a, b],
-        };
-    }
-
-    /// Counts the line just ended; true when it was the blank line ending the head.
-    fn end_line(&mut self) -> bool {
-        let blank = self.len == 0 || (self.len == 1 && self.line[0] == b'\r');
-        if blank && self.lines > 0 {
-            return true;
-        }
-        if !blank {
-            let line = &self.line[..self.len.min(SCAN_PREFIX)];
-            let c = &mut self.counts;
-            if line.starts_with(b"content-length:") {
-                c.content_length = c.content_length.saturating_add(1);
-            } else if line.starts_with(b"transfer-encoding:") {
-                c.transfer_encoding = c.transfer_encoding.saturating_add(1);
-                let end = if self.tail[1] == b'\r' {
-                    self.tail[0]
-                } else {
-                    self.tail[1]
-                };
-                c.padded_coding |= matches!(end, b' ' | b'\t');
-            }
-            self.lines += 1;
-        }
-        self.len = 0;
-        self.tail = [0; 2];
-        false
-    }
-}
-
 /// Refuses a request whose body framing is ambiguous or that limpet cannot frame (RFC 9112 §6), before any of
 /// it reaches a server. hyper has already refused malformed `Content-Length` values, `Transfer-Encoding` on
 /// HTTP/1.0 and a `Transfer-Encoding` whose last coding is not `chunked`; this refuses what it lets through:
 /// `Content-Length` beside `Transfer-Encoding`, `Content-Length` repeated, `chunked` given twice (400), and a
 /// transfer coding other than `chunked` (501: limpet would pass it on undecoded).
-pub fn check_framing(req: &Request<Incoming>, head: Option<HeadCounts>) -> Result<(), ProxyError> {
+fn check_framing(req: &Request<Incoming>, head: Option<HeadCounts>) -> Result<(), ProxyError> {
     let h = req.headers();
     if let Some(raw) = head {
         // What hyper merged away: a Content-Length it dropped for Transfer-Encoding, or repeated ones.
@@ -210,10 +126,7 @@ pub fn check_framing(req: &Request<Incoming>, head: Option<HeadCounts>) -> Resul
 
 /// Refuses a request line longer than half of `max_header_bytes` with 414. A head longer than the whole of
 /// `max_header_bytes` never gets here: hyper answers it with 431.
-pub fn check_request_line(
-    req: &Request<Incoming>,
-    max_header_bytes: usize,
-) -> Result<(), ProxyError> {
+fn check_request_line(req: &Request<Incoming>, max_header_bytes: usize) -> Result<(), ProxyError> {
     let uri = req.uri();
     let pq = uri.path_and_query().map_or(0, |p| p.as_str().len());
     let target = match (uri.scheme_str(), uri.authority()) {
@@ -233,7 +146,7 @@ pub fn check_request_line(
 }
 
 /// The declared body length, if any.
-pub fn content_length(req: &Request<Incoming>) -> Option<u64> {
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
     req.headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -251,7 +164,7 @@ pub struct Source {
 }
 
 /// Where a request comes from, given the listener's `trusted_proxies`.
-pub fn source(client: &ClientInfo, trusted: &[Cidr], headers: &http::HeaderMap) -> Source {
+fn source(client: &ClientInfo, trusted: &[Cidr], headers: &http::HeaderMap) -> Source {
     let peer = crate::config::canonical_ip(client.peer.ip());
     if trusted.is_empty() || !trusted.iter().any(|c| c.contains(peer)) {
         return Source {
@@ -266,7 +179,7 @@ pub fn source(client: &ClientInfo, trusted: &[Cidr], headers: &http::HeaderMap) 
 }
 
 /// Is this a WebSocket opening handshake (GET, `Connection: upgrade`, `Upgrade: websocket`, a key)?
-pub fn wants_websocket(req: &Request<Incoming>) -> bool {
+fn wants_websocket(req: &Request<Incoming>) -> bool {
     let h = req.headers();
     req.method() == Method::GET
         && req.version() == Version::HTTP_11
@@ -277,35 +190,14 @@ pub fn wants_websocket(req: &Request<Incoming>) -> bool {
 }
 
 /// The `Sec-WebSocket-Accept` a server must answer to this request's key.
-pub fn expected_accept(req: &Request<Incoming>) -> Option<String> {
+fn expected_accept(req: &Request<Incoming>) -> Option<String> {
     req.headers()
         .get(header::SEC_WEBSOCKET_KEY)
         .map(|k| derive_accept_key(k.as_bytes()))
 }
 
-/// Checks a 101: `Upgrade: websocket` and the accept value matching the client's key.
-pub fn check_websocket_accept(
-    resp: &Response<Incoming>,
-    expected: Option<&str>,
-) -> Result<(), ProxyError> {
-    let h = resp.headers();
-    let upgrade_ok = h
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    if !upgrade_ok {
-        return Err(ProxyError::BadUpgrade("101 without Upgrade: websocket"));
-    }
-    let accept = h.get(header::SEC_WEBSOCKET_ACCEPT).map(|v| v.as_bytes());
-    match (accept, expected) {
-        (Some(got), Some(want)) if got == want.as_bytes() => Ok(()),
-        _ => Err(ProxyError::BadUpgrade(
-            "101 with a missing or wrong Sec-WebSocket-Accept",
-        )),
-    }
-}
-
 /// The bytes `balance = "hash"` hashes, when its key is not the client address.
-pub fn hash_key(upstream: &Upstream, req: &Request<Incoming>, _ip: IpAddr) -> Option<Vec<u8>> {
+fn hash_key(upstream: &Upstream, req: &Request<Incoming>) -> Option<Vec<u8>> {
     if upstream.method != Balance::Hash {
         return None;
     }
@@ -342,16 +234,65 @@ pub fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// What limpet reads from a request, once, before it routes and forwards it.
+pub struct Facts<'s> {
+    pub route: &'s Route,
+    pub source: Source,
+    /// The declared body length, if any.
+    pub content_length: Option<u64>,
+    /// A WebSocket opening handshake.
+    pub websocket: bool,
+    /// The `Sec-WebSocket-Accept` its server must answer (a WebSocket handshake's).
+    pub accept: Option<String>,
+    /// What `balance = "hash"` hashes, when its key is not the client address.
+    pub hash_key: Option<Vec<u8>>,
+    /// How long the body may stay silent between two reads.
+    pub body_idle: Duration,
+}
+
+impl Facts<'_> {
+    /// The declared body is over the location's `client_max_body_size`.
+    pub fn too_large(&self) -> bool {
+        let limit = self.route.location.client_max_body_size;
+        limit != 0 && self.content_length.is_some_and(|n| n > limit)
+    }
+}
+
+/// Checks a request (method, request line, framing, Host) and reads what routing and forwarding need of it.
+pub fn read<'s>(
+    snap: &'s Snapshot,
+    client: &ClientInfo,
+    req: &Request<Incoming>,
+    head: Option<HeadCounts>,
+) -> Result<Facts<'s>, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let sites = snap
+        .listeners
+        .get(&client.listener)
+        .ok_or(ProxyError::NoRoute)?;
+    check_request_line(req, sites.block().max_header_bytes)?;
+    check_framing(req, head)?;
+    let host = host(req)?;
+    let site = sites.site(host.as_ref().map(Authority::host));
+    let route = site.route(req.uri().path()).ok_or(ProxyError::NoRoute)?;
+    let websocket = wants_websocket(req);
+    Ok(Facts {
+        route,
+        source: source(client, &site.block.trusted_proxies, req.headers()),
+        content_length: content_length(req),
+        websocket,
+        accept: websocket.then(|| expected_accept(req)).flatten(),
+        hash_key: hash_key(&route.upstream, req),
+        body_idle: sites.block().client_header_timeout,
+    })
+}
+
 /// The upstream copy of a request: origin-form target, hop-by-hop headers removed, forwarding headers set;
 /// its body may stay silent at most `body_idle` between two reads.
-pub fn prepare(
-    req: Request<Incoming>,
-    route: &Route,
-    client: &ClientInfo,
-    source: Source,
-    websocket: bool,
-    body_idle: Duration,
-) -> Prepared {
+pub fn prepare(req: Request<Incoming>, facts: &Facts<'_>, client: &ClientInfo) -> Prepared {
+    let (route, source, websocket) = (facts.route, facts.source, facts.websocket);
     let (mut parts, body) = req.into_parts();
     if let Some(authority) = parts.uri.authority() {
         if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
@@ -404,7 +345,7 @@ pub fn prepare(
         parts.uri = origin_form(&parts.uri);
     }
     parts.version = Version::HTTP_11;
-    let mut body = RequestBody::new(body, route.location.client_max_body_size, body_idle);
+    let mut body = RequestBody::new(body, route.location.client_max_body_size, facts.body_idle);
     let body_sent = body.watch_sent();
     let host_missing = host.is_none();
     Prepared {

@@ -18,10 +18,11 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tracing::debug;
 
-use crate::listener::ClientStream;
+use crate::conn::deadline::{after, Timer};
+use crate::conn::ClientStream;
 use crate::upstream::InFlight;
 
 const SCRATCH: usize = 16 * 1024;
@@ -84,7 +85,7 @@ enum Pair {
 /// Takes both streams back from hyper, with the bytes it had read ahead queued for the other side. Its read
 /// buffers are released: even empty, those `Bytes` hold a whole buffer each.
 fn take_back(client: Upgraded, upstream: Upgraded) -> Pair {
-    let client = crate::listener::take_upgraded(client);
+    let client = crate::conn::idle_io::take_upgraded(client);
     let upstream = upstream
         .downcast::<TokioIo<TcpStream>>()
         .map(|parts| (parts.io.into_inner(), parts.read_buf));
@@ -153,7 +154,7 @@ fn relay<A: Stream, B: Stream>(
     idle: Duration,
 ) -> impl Future<Output = Carried> {
     async move {
-        let mut sleep = std::pin::pin!(tokio::time::sleep(idle));
+        let mut timer = Timer::default();
         let mut last = Instant::now();
         let ended: io::Result<()> = poll_fn(|cx| {
             let moved = poll_copy(cx, &mut a, &mut b)? | poll_copy(cx, &mut b, &mut a)?;
@@ -163,9 +164,7 @@ fn relay<A: Stream, B: Stream>(
             if moved {
                 last = Instant::now();
             }
-            // A deadline past what the clock can hold never comes.
-            let deadline = last.checked_add(idle);
-            if deadline.is_some_and(|d| poll_idle(cx, sleep.as_mut(), d)) {
+            if timer.poll_until(cx, after(last, idle)).is_ready() {
                 debug!("tunnel idle timeout");
                 return Poll::Ready(Ok(()));
             }
@@ -180,17 +179,6 @@ fn relay<A: Stream, B: Stream>(
             from_server: b.read,
         }
     }
-}
-
-/// Has `deadline` passed? The timer is pushed back lazily, only when it fires early: traffic never touches it.
-fn poll_idle(cx: &mut Context<'_>, mut sleep: Pin<&mut Sleep>, deadline: Instant) -> bool {
-    while sleep.as_mut().poll(cx).is_ready() {
-        if Instant::now() >= deadline {
-            return true;
-        }
-        sleep.as_mut().reset(deadline);
-    }
-    false
 }
 
 /// Moves what `from` offers to `to` until one of them would block (its waker then registered), forwarding EOF as

@@ -114,7 +114,7 @@ impl SessionStore {
 
     /// False while requests skip Redis after a failure.
     fn usable(&self) -> bool {
-        crate::upstream::now_ms() >= self.skip_until.load(Relaxed)
+        crate::clock::now_ms() >= self.skip_until.load(Relaxed)
     }
 
     /// Writes a learned session and waits (at most `OP_TIMEOUT`) until Redis has it. False when it did not
@@ -219,7 +219,7 @@ impl SessionStore {
     fn failed(&self, why: &str) {
         self.errors.inc();
         self.failing.store(true, Relaxed);
-        let now = crate::upstream::now_ms();
+        let now = crate::clock::now_ms();
         self.skip_until.store(now + BACKOFF_MS, Relaxed);
         let quiet_until = self.quiet_until.load(Relaxed);
         if now >= quiet_until

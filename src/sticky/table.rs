@@ -16,11 +16,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use siphasher::sip::SipHasher13;
 use tokio::time::Instant;
+
+use crate::sync::lock;
 
 /// Index of a server; the caller decides what it names.
 pub type ServerId = u32;
@@ -341,11 +343,6 @@ fn sid_key(sid: &str) -> u64 {
     let mut hasher = SipHasher13::new_with_keys(SIP_KEYS.0, SIP_KEYS.1);
     hasher.write(sid.as_bytes());
     hasher.finish()
-}
-
-/// A poisoned shard still holds a consistent map: every update is a single map call.
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Net entry-count changes per server, gathered under a lock and reported after it.

@@ -6,13 +6,15 @@ pub mod state;
 use std::sync::Arc;
 
 use crate::balance::{Balancer, Candidate, Method, PickKey, ServerView};
+use crate::clock::now_ms;
 use crate::config::{self, Balance};
 use crate::metrics::{metrics, StatusCounters, NO_SERVER};
 use crate::sticky::store::SessionStore;
 use crate::sticky::table::SessionTable;
+use crate::sticky::ServerId;
 pub use pool::{Conn, ConnectError, Pool, TlsTarget, UpstreamStream};
 use prometheus::{Histogram, IntCounter};
-pub use state::{now_ms, Health, InFlight, ServerId, ServerState};
+pub use state::{Health, InFlight, ServerState};
 use tracing::warn;
 
 /// One server of an upstream: its config, its carried-over state and its idle connections.

@@ -21,6 +21,7 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::proxy::body::RequestBody;
+use crate::sync::lock;
 
 /// A connection to a server, ready for one request.
 pub struct Conn {
@@ -130,14 +131,10 @@ impl Pool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The most recently used idle connection that is still open and fresh.
     fn pop(&self) -> Option<SendRequest<RequestBody>> {
         loop {
-            let idle = self.lock().pop_back()?;
+            let idle = lock(&self.idle).pop_back()?;
             if idle.fresh(self.keepalive_timeout) {
                 return Some(idle.sender);
             }
@@ -172,7 +169,7 @@ impl Pool {
         }
         let since = Instant::now();
         let oldest = {
-            let mut idle = self.lock();
+            let mut idle = lock(&self.idle);
             let oldest = (idle.len() >= self.keepalive)
                 .then(|| idle.pop_front())
                 .flatten();
@@ -186,7 +183,7 @@ impl Pool {
     pub fn close_idle(&self) {
         let fresh = |i: &Idle| i.fresh(self.keepalive_timeout);
         let stale: VecDeque<Idle> = {
-            let mut idle = self.lock();
+            let mut idle = lock(&self.idle);
             if idle.iter().all(fresh) {
                 return;
             }

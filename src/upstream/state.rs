@@ -2,16 +2,14 @@
 //! reloads for servers whose address is unchanged.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use tokio::time::Instant;
+use crate::clock::now_ms;
 
 use crate::config::ServerSpec;
 use crate::metrics::ServerMetrics;
+use crate::sticky::ServerId;
 use crate::warn_limit::WarnLimit;
-
-/// Stable identity of a server across reloads (what the sticky table stores).
-pub type ServerId = u32;
 
 /// What active health checks last said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,13 +26,6 @@ pub enum DrainOverride {
     None,
     Drain,
     Undrain,
-}
-
-/// Milliseconds since the process's time base (tokio's clock, so paused-time tests work).
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    Instant::now().saturating_duration_since(epoch).as_millis() as u64 + 1
 }
 
 /// The live state of one server of one upstream.

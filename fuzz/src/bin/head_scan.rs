@@ -1,5 +1,5 @@
 //! The raw request-head scanner: feeding bytes in any split gives the counts of feeding them whole.
-use limpet::proxy::HeadScan;
+use limpet::conn::HeadScan;
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {

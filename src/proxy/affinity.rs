@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use std::time::Duration;
 
 use super::body::Lease;
-use super::{Outcome, ProxyError};
+use super::ProxyError;
 use crate::sticky::engineio;
 use crate::upstream::Upstream;
 
@@ -32,7 +32,7 @@ pub enum Learn {
     Handshake,
 }
 
-/// Routing decision for a request.
+/// Where a request of a sticky upstream goes.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub target: Target,
@@ -47,112 +47,138 @@ const PICK: Plan = Plan {
     session: None,
 };
 
+/// What a sticky lookup found, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// A handshake: a session to be.
+    New,
+    Hit,
+    Miss,
+    /// The session's server is gone: the session is lost.
+    Dead,
+}
+
+impl Lookup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lookup::New => "new",
+            Lookup::Hit => "hit",
+            Lookup::Miss => "miss",
+            Lookup::Dead => "dead",
+        }
+    }
+}
+
+/// The plan for a request, or why it cannot go anywhere, and what the lookup found.
+pub struct Decision {
+    pub plan: Result<Plan, ProxyError>,
+    pub lookup: Option<Lookup>,
+}
+
+impl Decision {
+    fn go(plan: Plan, lookup: Option<Lookup>) -> Decision {
+        Decision {
+            plan: Ok(plan),
+            lookup,
+        }
+    }
+
+    fn refuse(e: ProxyError, lookup: Lookup) -> Decision {
+        Decision {
+            plan: Err(e),
+            lookup: Some(lookup),
+        }
+    }
+}
+
 /// Decides where a request goes; a session whose server is gone gets Engine.IO's "Session ID unknown".
 /// The local table decides first; only a sid it does not hold is looked up in the shared store, if any.
-pub async fn plan(
-    upstream: &Upstream,
-    req: &Request<Incoming>,
-    upgrade: bool,
-    out: &mut Outcome,
-) -> Result<Plan, ProxyError> {
-    match local_plan(upstream, req, upgrade, out)? {
-        Local::Decided(plan) => Ok(plan),
-        Local::Unknown(sid) => shared_plan(upstream, &sid, upgrade, out).await,
+pub async fn plan(upstream: &Upstream, req: &Request<Incoming>, upgrade: bool) -> Decision {
+    match local_plan(upstream, req, upgrade) {
+        Local::Decided(decision) => decision,
+        Local::Unknown(sid) => shared_plan(upstream, &sid, upgrade).await,
     }
 }
 
 /// What the local table (or the sid's route prefix) made of a request.
 enum Local {
-    Decided(Plan),
+    Decided(Decision),
     /// A well-formed sid the table does not hold.
     Unknown(String),
 }
 
-fn local_plan(
-    upstream: &Upstream,
-    req: &Request<Incoming>,
-    upgrade: bool,
-    out: &mut Outcome,
-) -> Result<Local, ProxyError> {
-    let decided = |plan| Ok(Local::Decided(plan));
+fn local_plan(upstream: &Upstream, req: &Request<Incoming>, upgrade: bool) -> Local {
+    let decided = Local::Decided;
     let Some(table) = &upstream.sessions else {
-        return decided(PICK);
+        return decided(Decision::go(PICK, None));
     };
     if !req
         .uri()
         .path()
         .starts_with(upstream.config.sticky.path.as_str())
     {
-        return decided(PICK);
+        return decided(Decision::go(PICK, None));
     }
     let query = req.uri().query().unwrap_or("");
     if engineio::is_handshake(query) {
         // A new session: an `io` cookie left from an old one must not steer it.
-        out.sticky = Some("new");
-        return decided(Plan {
+        let plan = Plan {
             learn: Learn::Handshake,
             ..PICK
-        });
+        };
+        return decided(Decision::go(plan, Some(Lookup::New)));
     }
     let Some(raw) = engineio::query_sid(query).or_else(|| cookie_sid(req)) else {
-        return decided(Plan {
+        let plan = Plan {
             learn: Learn::Cookie,
             ..PICK
-        });
+        };
+        return decided(Decision::go(plan, None));
     };
     // A sid that does not decode to 1..=MAX_SID_LEN bytes cannot be in the table: unknown.
     let Some(sid) = engineio::decode_sid(raw) else {
-        return decided(miss(upstream, out));
+        return decided(miss(upstream));
     };
     if let Some(index) = prefix_route(upstream, &sid) {
-        return fixed_or_dead(upstream, index, upgrade, out).map(Local::Decided);
+        return decided(fixed_or_dead(upstream, index, upgrade, None));
     }
     let Some((id, refresh)) = table.lookup_stored(&sid) else {
-        return Ok(Local::Unknown(sid.into_owned()));
+        return Local::Unknown(sid.into_owned());
     };
     match upstream.index_of(id) {
-        Some(index) if upstream.peers[index].full() => Err(full(upstream, out)),
-        Some(index) if upstream.peers[index].holds_sessions() => {
+        Some(index) => {
             if let Some(store) = upstream.store.as_ref().filter(|_| refresh) {
-                store.touch(&sid, &upstream.peers[index].spec.name);
+                if upstream.peers[index].holds_sessions() && !upstream.peers[index].full() {
+                    store.touch(&sid, &upstream.peers[index].spec.name);
+                }
             }
-            decided(Plan {
-                session: Some(sid.into_owned()),
-                ..hit(upstream, index, out)
-            })
+            let session = Some(sid.into_owned());
+            decided(fixed_or_dead(upstream, index, upgrade, session))
         }
-        // Confirmed gone (down in the config or by active checks) or removed from the config: the session is lost.
-        _ => {
+        // Removed from the config: the session is lost.
+        None => {
             table.forget(&sid);
-            Err(dead(upstream, upgrade, out))
+            decided(dead(upstream, upgrade))
         }
     }
 }
 
 /// A sid the local table does not hold: the shared store, when there is one, may know its server.
-async fn shared_plan(
-    upstream: &Upstream,
-    sid: &str,
-    upgrade: bool,
-    out: &mut Outcome,
-) -> Result<Plan, ProxyError> {
+async fn shared_plan(upstream: &Upstream, sid: &str, upgrade: bool) -> Decision {
     let (Some(store), Some(table)) = (&upstream.store, &upstream.sessions) else {
-        return Ok(miss(upstream, out));
+        return miss(upstream);
     };
     let Some(server) = store.get(sid).await else {
-        return Ok(miss(upstream, out));
+        return miss(upstream);
     };
     match upstream.index_of_name(&server) {
-        Some(index) if upstream.peers[index].full() => Err(full(upstream, out)),
+        Some(index) if upstream.peers[index].full() => full(upstream),
         Some(index) if upstream.peers[index].holds_sessions() => {
             table.learn(sid, upstream.peers[index].state.id);
-            Ok(Plan {
-                session: Some(sid.to_string()),
-                ..hit(upstream, index, out)
-            })
+            hit(upstream, index, Learn::Cookie, Some(sid.to_string()))
         }
         // Learned by another instance for a server that is down or not in this config: the session is lost.
-        _ => Err(dead(upstream, upgrade, out)),
+        _ => dead(upstream, upgrade),
     }
 }
 
@@ -165,55 +191,61 @@ fn prefix_route(upstream: &Upstream, sid: &str) -> Option<usize> {
     upstream.index_of_route(route)
 }
 
-fn hit(upstream: &Upstream, index: usize, out: &mut Outcome) -> Plan {
+fn hit(upstream: &Upstream, index: usize, learn: Learn, session: Option<String>) -> Decision {
     upstream.lookups.hit.inc();
-    out.sticky = Some("hit");
-    Plan {
+    let plan = Plan {
         target: Target::Fixed(index),
-        learn: Learn::Cookie,
-        session: None,
-    }
+        learn,
+        session,
+    };
+    Decision::go(plan, Some(Lookup::Hit))
 }
 
 /// A session whose server is at its `max_conns`: answered as any request no server can take (the session stays).
-fn full(upstream: &Upstream, out: &mut Outcome) -> ProxyError {
+fn full(upstream: &Upstream) -> Decision {
     upstream.lookups.hit.inc();
-    out.sticky = Some("hit");
-    ProxyError::NoServer
+    Decision::refuse(ProxyError::NoServer, Lookup::Hit)
 }
 
-fn dead(upstream: &Upstream, upgrade: bool, out: &mut Outcome) -> ProxyError {
+fn dead(upstream: &Upstream, upgrade: bool) -> Decision {
     upstream.lookups.dead.inc();
-    out.sticky = Some("dead");
-    ProxyError::SessionUnknown { upgrade }
+    Decision::refuse(ProxyError::SessionUnknown { upgrade }, Lookup::Dead)
 }
 
 /// A sid the table does not hold goes where the fallback places it (and may be learned from a cookie).
-fn miss(upstream: &Upstream, out: &mut Outcome) -> Plan {
+fn miss(upstream: &Upstream) -> Decision {
     upstream.lookups.miss.inc();
-    out.sticky = Some("miss");
-    Plan {
+    let plan = Plan {
         learn: Learn::Cookie,
         ..PICK
-    }
+    };
+    Decision::go(plan, Some(Lookup::Miss))
 }
 
+/// The session's server, when it takes the request: `session` is the table's entry, forgotten when its server
+/// is confirmed gone (a prefix-routed sid has none: it is not learned from the answer either).
 fn fixed_or_dead(
     upstream: &Upstream,
     index: usize,
     upgrade: bool,
-    out: &mut Outcome,
-) -> Result<Plan, ProxyError> {
-    if upstream.peers[index].full() {
-        Err(full(upstream, out))
-    } else if upstream.peers[index].holds_sessions() {
-        Ok(Plan {
-            learn: Learn::No,
-            ..hit(upstream, index, out)
-        })
-    } else {
-        Err(dead(upstream, upgrade, out))
+    session: Option<String>,
+) -> Decision {
+    let peer = &upstream.peers[index];
+    if peer.full() {
+        return full(upstream);
     }
+    if peer.holds_sessions() {
+        let learn = if session.is_some() {
+            Learn::Cookie
+        } else {
+            Learn::No
+        };
+        return hit(upstream, index, learn, session);
+    }
+    if let (Some(table), Some(sid)) = (&upstream.sessions, &session) {
+        table.forget(sid);
+    }
+    dead(upstream, upgrade)
 }
 
 fn cookie_sid(req: &Request<Incoming>) -> Option<&str> {
