@@ -130,11 +130,6 @@ impl App {
         self.shared.snapshot.load_full()
     }
 
-    /// Watches the shutdown flag.
-    pub fn stopping(&self) -> watch::Receiver<bool> {
-        self.stopping.subscribe()
-    }
-
     pub fn is_stopping(&self) -> bool {
         *self.stopping.borrow()
     }

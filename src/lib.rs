@@ -14,28 +14,41 @@
 //! - [`health`]: active health checks.
 //! - [`metrics`], [`admin`], [`access_log`]: what operators see.
 //! - [`tls`], [`proxy_protocol`], [`stream`]: the edge.
-//! - [`convert_nginx`]: `limpet convert-nginx`.
-//! - [`conn`]: a connection's deadlines and slots (the connection cap, per-address caps, idle reuse).
+//! - [`cli`]: the `limpet` command; [`convert_nginx`]: `limpet convert-nginx`.
+//! - [`conn`]: a client connection's plumbing, which knows nothing of routing: its stream and deadlines, the
+//!   framing scan of its heads, its slots (the connection cap, per-address caps, idle reuse).
+//! - [`request_body`]: the client's body as sent upstream.
+//! - [`clock`], [`sync`]: the millisecond clock, the lock helper.
 //! - [`warn_limit`]: per-request warnings, rate-limited.
+//!
+//! Only the command, the in-process entry and the parsers of peer input (for the tests and fuzz targets) are
+//! public: everything else is the crate's own, so the compiler reports what nothing uses.
 #![forbid(unsafe_code)]
 
-pub mod access_log;
-pub mod admin;
-pub mod app;
-pub mod balance;
-pub mod clock;
-pub mod config;
-pub mod conn;
-pub mod convert_nginx;
-pub mod health;
-pub mod listener;
-pub mod metrics;
-pub mod proxy;
+mod access_log;
+mod admin;
+mod app;
+mod balance;
+pub mod cli;
+mod clock;
+mod config;
+mod conn;
+mod convert_nginx;
+mod health;
+mod listener;
+mod metrics;
+mod proxy;
 pub mod proxy_protocol;
-pub mod runtime;
-pub mod sticky;
-pub mod stream;
-pub mod sync;
-pub mod tls;
-pub mod upstream;
-pub mod warn_limit;
+mod request_body;
+mod runtime;
+mod sticky;
+mod stream;
+mod sync;
+mod tls;
+mod upstream;
+mod warn_limit;
+
+pub use config::parse as parse_config;
+pub use conn::HeadScan;
+pub use sticky::engineio;
+pub use sticky::table::SessionTable;

@@ -26,7 +26,7 @@ use crate::conn::idle_io::{Busy, ConnPhase, IdleIo, Limits};
 use crate::conn::slots::{Admitted, Clock, PerIp, Permit, Reuse, Slots};
 use crate::conn::{ClientInfo, ClientStream, ConnHold};
 use crate::proxy;
-use crate::proxy::body::Held;
+use crate::proxy::response_body::Held;
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::runtime::Snapshot;
 use crate::warn_limit::WarnLimit;
@@ -265,7 +265,7 @@ async fn serve(shared: Shared, conn: Accepted) {
         per_ip,
         closed,
     } = conn;
-    let Some(listener) = shared.snapshot.load().listeners.get(&key).cloned() else {
+    let Some(listener) = shared.snapshot.load().by_addr.get(&key).cloned() else {
         return;
     };
     // Only settings are kept: a long-lived connection must not pin this snapshot (its upstreams and their pools)

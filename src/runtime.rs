@@ -64,14 +64,13 @@ fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
 }
 
 /// The sites sharing one listen address.
-pub struct Listener {
-    pub addr: SocketAddr,
+pub struct AddrSites {
     pub sites: Vec<Arc<Site>>,
     /// TLS settings when the sites here terminate TLS (SNI picks the certificate).
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-impl Listener {
+impl AddrSites {
     /// The site for a Host (port stripped): the first whose `server_name` matches, else the first without names,
     /// else the first.
     pub fn site(&self, host: Option<&str>) -> &Arc<Site> {
@@ -90,7 +89,8 @@ impl Listener {
 /// Everything a request needs, built from one config.
 pub struct Snapshot {
     pub config: Config,
-    pub listeners: HashMap<SocketAddr, Arc<Listener>>,
+    /// The sites of each listen address, as configured.
+    pub by_addr: HashMap<SocketAddr, Arc<AddrSites>>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Where access log lines go (kept open across reloads that leave `access_log` as it is).
     pub access_log: Arc<AccessLog>,
@@ -162,10 +162,10 @@ impl Carry {
             );
         }
         self.prune(&keep_servers, &upstreams);
-        let listeners = listeners(&config, &upstreams, &mut tls);
+        let by_addr = sites_by_addr(&config, &upstreams, &mut tls);
         Snapshot {
             config,
-            listeners,
+            by_addr,
             upstreams,
             access_log,
         }
@@ -312,12 +312,12 @@ impl Carry {
     }
 }
 
-fn listeners(
+fn sites_by_addr(
     config: &Config,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     tls: &mut TlsConfigs,
-) -> HashMap<SocketAddr, Arc<Listener>> {
-    let mut sites_by_addr: HashMap<SocketAddr, Vec<Arc<Site>>> = HashMap::new();
+) -> HashMap<SocketAddr, Arc<AddrSites>> {
+    let mut grouped: HashMap<SocketAddr, Vec<Arc<Site>>> = HashMap::new();
     for block in &config.servers {
         let routes = block
             .locations
@@ -334,14 +334,14 @@ fn listeners(
             routes,
         });
         for addr in &block.listen {
-            sites_by_addr.entry(*addr).or_default().push(site.clone());
+            grouped.entry(*addr).or_default().push(site.clone());
         }
     }
-    sites_by_addr
+    grouped
         .into_iter()
         .map(|(addr, sites)| {
             let tls = tls.listeners.remove(&addr);
-            (addr, Arc::new(Listener { addr, sites, tls }))
+            (addr, Arc::new(AddrSites { sites, tls }))
         })
         .collect()
 }

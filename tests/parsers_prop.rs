@@ -9,12 +9,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use encode::percent_encode;
-use limpet::conn::HeadScan;
-use limpet::proxy_protocol::{self, ProxyHeader};
-use limpet::sticky::engineio::{
+use limpet::engineio::{
     cookie_sid, decode_sid, handshake_sid, is_handshake, query_param, query_sid, set_cookie_sid,
     MAX_SID_LEN,
 };
+use limpet::proxy_protocol::{self, ProxyHeader};
+use limpet::HeadScan;
 use proptest::prelude::*;
 
 /// A sid as Engine.IO servers make them (base64url-ish).
@@ -204,7 +204,7 @@ proptest! {
 
     #[test]
     fn config_parse_never_panics_on_text(text in "[^:]{0,400}") {
-        if let Err(problems) = limpet::config::parse(&text, Path::new(".")) {
+        if let Err(problems) = limpet::parse_config(&text, Path::new(".")) {
             prop_assert!(!problems.is_empty());
         }
     }
@@ -225,14 +225,14 @@ proptest! {
         for i in 0..servers {
             text.push_str(&format!("\n[[upstream.app.server]]\naddr = \"127.0.0.{}:{port}\"\nweight = {weight}\nfail_timeout = \"{duration}\"\n", i + 1));
         }
-        let full = limpet::config::parse(&text, Path::new("."));
+        let full = limpet::parse_config(&text, Path::new("."));
         if let Err(problems) = &full {
             prop_assert!(!problems.is_empty());
         }
         let lines: Vec<&str> = text.lines().collect();
         let gone = drop_line.index(lines.len());
         let fewer: Vec<&str> = lines.iter().enumerate().filter(|(i, _)| *i != gone).map(|(_, l)| *l).collect();
-        let _ = limpet::config::parse(&fewer.join("\n"), Path::new("."));
+        let _ = limpet::parse_config(&fewer.join("\n"), Path::new("."));
     }
 }
 

@@ -52,14 +52,14 @@ impl HashRing {
         }
     }
 
-    /// The server for this key: its place on the ring, or round robin for `None` and empty bytes.
+    /// The server for this key: its place on the ring, or round robin for empty bytes.
     /// An address hashes as its text (`192.0.2.7`, `2001:db8::1`; an IPv4-mapped one as IPv4), like
     /// nginx's `$remote_addr`.
     pub fn pick(&self, key: &PickKey<'_>, view: &(impl ServerView + ?Sized)) -> Option<usize> {
         match key {
             PickKey::Ip(ip) => self.pick_at(hash_fmt(format_args!("{}", ip.to_canonical())), view),
             PickKey::Bytes(bytes) if !bytes.is_empty() => self.pick_at(hash_bytes(bytes), view),
-            PickKey::None | PickKey::Bytes(_) => self.rr.pick(view),
+            PickKey::Bytes(_) => self.rr.pick(view),
         }
     }
 
@@ -272,11 +272,9 @@ mod tests {
     }
 
     #[test]
-    fn no_key_or_empty_key_is_round_robin() {
+    fn an_empty_key_is_round_robin() {
         let ring = HashRing::new(&servers(&[1, 1, 1]));
         let fleet = Fleet::up(3);
-        let got: Vec<_> = (0..3).map(|_| ring.pick(&PickKey::None, &fleet)).collect();
-        assert_eq!(got, [0, 1, 2].map(Some));
         let got: Vec<_> = (0..3)
             .map(|_| ring.pick(&PickKey::Bytes(b""), &fleet))
             .collect();

@@ -28,7 +28,7 @@ const MAX_FAILED_ROUNDS: u32 = 20;
 ///
 /// Differences: nginx's retry of a failed request continues the same chain where it stopped; limpet
 /// restarts it, and the tried server, now unusable in the view, costs one of the rounds.
-/// `PickKey::None` and `PickKey::Bytes` (no client address) use round robin. As in nginx, a hash is
+/// `PickKey::Bytes` (no client address) uses round robin. As in nginx, a hash is
 /// below 6271, so servers beyond a total weight of 6271 are reached only by the round-robin
 /// fallback.
 #[derive(Debug)]
@@ -54,7 +54,7 @@ impl IpHash {
     pub fn pick(&self, key: &PickKey<'_>, view: &(impl ServerView + ?Sized)) -> Option<usize> {
         match key {
             PickKey::Ip(ip) => self.pick_ip(*ip, view).or_else(|| self.rr.pick(view)),
-            PickKey::None | PickKey::Bytes(_) => self.rr.pick(view),
+            PickKey::Bytes(_) => self.rr.pick(view),
         }
     }
 
@@ -230,7 +230,9 @@ mod tests {
     fn no_address_is_round_robin() {
         let b = IpHash::new(&servers(&[1, 1, 1]));
         let fleet = Fleet::up(3);
-        let got: Vec<_> = (0..6).map(|_| b.pick(&PickKey::None, &fleet)).collect();
+        let got: Vec<_> = (0..6)
+            .map(|_| b.pick(&PickKey::Bytes(b""), &fleet))
+            .collect();
         assert_eq!(got, [0, 1, 2, 0, 1, 2].map(Some));
     }
 

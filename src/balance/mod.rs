@@ -51,8 +51,6 @@ pub struct Candidate {
 /// What a pick needs from the request.
 #[derive(Clone, Copy, Debug)]
 pub enum PickKey<'a> {
-    /// No key: hash methods fall back to round robin.
-    None,
     /// The client address (`ip_hash`, or `hash` over `$remote_addr`).
     Ip(IpAddr),
     /// The value of `hash_key`; empty bytes mean no key, as in nginx.
@@ -191,10 +189,9 @@ mod tests {
         Method::Hash,
     ];
 
-    fn keys() -> [PickKey<'static>; 4] {
+    fn keys() -> [PickKey<'static>; 3] {
         let ip = IpAddr::from([192, 0, 2, 7]);
         [
-            PickKey::None,
             PickKey::Ip(ip),
             PickKey::Bytes(b"user-42"),
             PickKey::Bytes(b""),
@@ -251,7 +248,7 @@ mod tests {
             usable: vec![true, true],
             loads: vec![3, 1],
         };
-        assert_eq!(b.pick(&PickKey::None, view), Some(1));
+        assert_eq!(b.pick(&PickKey::Bytes(b""), view), Some(1));
     }
 
     #[test]

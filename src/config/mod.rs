@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-pub use units::{canonical as canonical_ip, parse_duration, parse_size, Cidr};
+pub use units::{canonical as canonical_ip, Cidr};
 
 /// The default config file, relative to the working directory.
 pub const DEFAULT_PATH: &str = "config/limpet.toml";

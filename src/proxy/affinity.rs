@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::time::Duration;
 
-use super::body::Lease;
+use super::response_body::Lease;
 use super::ProxyError;
 use crate::sticky::engineio;
 use crate::upstream::Upstream;

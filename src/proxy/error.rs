@@ -2,7 +2,8 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use super::body::ResponseBody;
+use super::response_body::ResponseBody;
+use crate::request_body::BodyError;
 use crate::sticky::engineio::SESSION_UNKNOWN_BODY;
 use crate::upstream::ConnectError;
 
@@ -121,4 +122,17 @@ fn session_unknown(upgrade: bool) -> Response<ResponseBody> {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// The answer to give when the client's request body caused a failure (None: the upstream did).
+pub fn client_fault(e: &BodyError) -> Option<ProxyError> {
+    match e {
+        BodyError::TooLarge => Some(ProxyError::BodyTooLarge),
+        BodyError::Client(_) => Some(ProxyError::BadRequest("malformed request body")),
+        BodyError::ClientTimeout => Some(ProxyError::Refused(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body too slow",
+        )),
+        BodyError::Upstream(_) | BodyError::UpstreamTimeout => None,
+    }
 }

@@ -2,10 +2,10 @@
 //! relay the answer, and hand `101 Switching Protocols` to the tunnel.
 
 pub mod affinity;
-pub mod body;
 pub mod error;
 pub mod headers;
 pub mod request;
+pub mod response_body;
 pub mod tunnel;
 
 use std::net::IpAddr;
@@ -21,13 +21,14 @@ use tracing::{debug, warn};
 use crate::access_log::{AccessLog, Entry, Logged};
 use crate::balance::PickKey;
 use crate::conn::{ClientInfo, HeadCounts};
+use crate::request_body::{BodyError, RequestBody};
 use crate::runtime::{Route, Snapshot};
 use crate::upstream::{InFlight, Upstream};
 use crate::warn_limit::WarnLimit;
 use affinity::{Learn, Lookup, Plan, Target};
-use body::{Lease, RequestBody, ResponseBody, UpstreamBody};
 pub use error::ProxyError;
 use request::Prepared;
+use response_body::{Lease, ResponseBody, UpstreamBody};
 
 /// Failed requests, logged at most once a second (failed connects are limited per server).
 static PROXY_ERRORS: WarnLimit = WarnLimit::new();
@@ -388,8 +389,8 @@ async fn exchange(
 fn upstream_error(e: hyper::Error) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
-        if let Some(e) = s.downcast_ref::<body::BodyError>() {
-            if let Some(refused) = e.client_fault() {
+        if let Some(e) = s.downcast_ref::<BodyError>() {
+            if let Some(refused) = error::client_fault(e) {
                 return refused;
             }
         }

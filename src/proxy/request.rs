@@ -8,14 +8,13 @@ use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::body::RequestBody;
 use super::headers::{forwarded_client, has_token, set_forwarded, strip_request, Forwarding};
 use super::ProxyError;
 use crate::balance::Method as Balance;
 use crate::config::{Cidr, HashKey};
 use crate::conn::{ClientInfo, HeadCounts};
+use crate::request_body::RequestBody;
 use crate::runtime::{Route, Snapshot};
 use crate::upstream::Upstream;
 
@@ -193,7 +192,19 @@ fn wants_websocket(req: &Request<Incoming>) -> bool {
 fn expected_accept(req: &Request<Incoming>) -> Option<String> {
     req.headers()
         .get(header::SEC_WEBSOCKET_KEY)
-        .map(|k| derive_accept_key(k.as_bytes()))
+        .map(|k| accept_key(k.as_bytes()))
+}
+
+/// RFC 6455 §4.2.2: base64 of the SHA-1 of the key followed by the protocol's GUID.
+fn accept_key(key: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let digest = sha1::Sha1::new()
+        .chain_update(key)
+        .chain_update(GUID)
+        .finalize();
+    base64::engine::general_purpose::STANDARD.encode(digest)
 }
 
 /// The bytes `balance = "hash"` hashes, when its key is not the client address.
@@ -269,7 +280,7 @@ pub fn read<'s>(
         return Err(ProxyError::MethodNotAllowed);
     }
     let sites = snap
-        .listeners
+        .by_addr
         .get(&client.listener)
         .ok_or(ProxyError::NoRoute)?;
     check_request_line(req, sites.block().max_header_bytes)?;
@@ -362,4 +373,17 @@ fn origin_form(uri: &Uri) -> Uri {
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     Uri::from(pq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_is_rfc_6455s_example() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
 }

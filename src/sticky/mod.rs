@@ -8,4 +8,4 @@ pub mod engineio;
 pub mod store;
 pub mod table;
 
-pub use table::{ServerId, SessionTable};
+pub use table::ServerId;

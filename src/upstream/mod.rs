@@ -12,7 +12,7 @@ use crate::metrics::{metrics, StatusCounters, NO_SERVER};
 use crate::sticky::store::SessionStore;
 use crate::sticky::table::SessionTable;
 use crate::sticky::ServerId;
-pub use pool::{Conn, ConnectError, Pool, TlsTarget, UpstreamStream};
+pub use pool::{Conn, ConnectError, Pool, TlsTarget};
 use prometheus::{Histogram, IntCounter};
 pub use state::{Health, InFlight, ServerState};
 use tracing::warn;

@@ -20,7 +20,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
-use crate::proxy::body::RequestBody;
+use crate::request_body::RequestBody;
 use crate::sync::lock;
 
 /// A connection to a server, ready for one request.

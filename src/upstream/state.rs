@@ -31,8 +31,6 @@ pub enum DrainOverride {
 /// The live state of one server of one upstream.
 pub struct ServerState {
     pub id: ServerId,
-    pub upstream: String,
-    pub name: String,
     pub metrics: ServerMetrics,
     health: AtomicU8,
     drain: AtomicU8,
@@ -56,8 +54,6 @@ impl ServerState {
     pub fn new(id: ServerId, upstream: &str, name: &str) -> ServerState {
         ServerState {
             id,
-            upstream: upstream.to_string(),
-            name: name.to_string(),
             metrics: ServerMetrics::new(upstream, name),
             health: AtomicU8::new(Health::Up as u8),
             drain: AtomicU8::new(DrainOverride::None as u8),

@@ -1,5 +1,5 @@
 //! The Engine.IO handshake parser: a sid it returns is non-empty, bounded and really in the body.
-use limpet::sticky::engineio::{handshake_sid, MAX_SID_LEN};
+use limpet::engineio::{handshake_sid, MAX_SID_LEN};
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {

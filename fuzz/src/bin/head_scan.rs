@@ -1,5 +1,5 @@
 //! The raw request-head scanner: feeding bytes in any split gives the counts of feeding them whole.
-use limpet::conn::HeadScan;
+use limpet::HeadScan;
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {

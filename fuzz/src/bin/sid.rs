@@ -1,6 +1,6 @@
 //! sid and cookie extraction from query strings, Cookie and Set-Cookie values, and percent-decoding: a raw sid
 //! is a non-empty part of its input; a decoded one is non-empty and bounded.
-use limpet::sticky::engineio::{
+use limpet::engineio::{
     cookie_sid, decode_sid, is_handshake, query_param, query_sid, set_cookie_sid, MAX_SID_LEN,
 };
 

@@ -1,5 +1,5 @@
-//! Bodies in both directions, streamed: the client's request body with its size limit, and the response body
-//! that keeps its server counted in flight, times out when idle, and hands its connection back to the pool.
+//! Response bodies: limpet's own short answers, and a server's body streamed on, which keeps its server counted
+//! in flight, times out when idle, and hands its connection back to the pool.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -7,150 +7,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use tokio::sync::oneshot;
 
-use super::ProxyError;
 use crate::conn::deadline::Idle;
+use crate::request_body::{BodyError, RequestBody};
 use crate::upstream::{InFlight, Upstream};
-
-/// Why a body stopped early.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("request body larger than client_max_body_size")]
-    TooLarge,
-    #[error("client body: {0}")]
-    Client(hyper::Error),
-    #[error("upstream body: {0}")]
-    Upstream(hyper::Error),
-    #[error("upstream sent nothing for read_timeout")]
-    UpstreamTimeout,
-    #[error("client sent no body bytes for client_header_timeout")]
-    ClientTimeout,
-}
-
-impl BodyError {
-    /// The answer to give when the client's request body caused the failure (None: the upstream did).
-    pub fn client_fault(&self) -> Option<ProxyError> {
-        match self {
-            BodyError::TooLarge => Some(ProxyError::BodyTooLarge),
-            BodyError::Client(_) => Some(ProxyError::BadRequest("malformed request body")),
-            BodyError::ClientTimeout => Some(ProxyError::Refused(
-                StatusCode::REQUEST_TIMEOUT,
-                "request body too slow",
-            )),
-            BodyError::Upstream(_) | BodyError::UpstreamTimeout => None,
-        }
-    }
-}
-
-/// The request body sent upstream: the client's, streamed, failing once it passes the location's limit or when
-/// the client leaves it silent for too long.
-pub struct RequestBody {
-    inner: Option<Incoming>,
-    limit: u64,
-    seen: u64,
-    idle: Option<Idle>,
-    /// Told when the body has been read to its end (dropped unsent when it fails or is dropped early).
-    sent: Option<oneshot::Sender<()>>,
-}
-
-impl RequestBody {
-    /// Streams `inner`, allowing at most `limit` bytes (0 = unlimited) and at most `idle` between two reads.
-    pub fn new(inner: Incoming, limit: u64, idle: Duration) -> RequestBody {
-        let idle = (!inner.is_end_stream()).then(|| Idle::new(idle));
-        RequestBody {
-            inner: Some(inner),
-            limit,
-            seen: 0,
-            idle,
-            sent: None,
-        }
-    }
-
-    /// A signal for the moment the body has been read whole (None when there is none to read).
-    pub fn watch_sent(&mut self) -> Option<oneshot::Receiver<()>> {
-        if self.is_end_stream() {
-            return None;
-        }
-        let (tx, rx) = oneshot::channel();
-        self.sent = Some(tx);
-        Some(rx)
-    }
-
-    fn ended(&mut self) {
-        if let Some(sent) = self.sent.take() {
-            let _ = sent.send(());
-        }
-    }
-
-    /// No body (health checks).
-    pub fn empty() -> RequestBody {
-        RequestBody {
-            inner: None,
-            limit: 0,
-            seen: 0,
-            idle: None,
-            sent: None,
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let frame = match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(f))) => f,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(BodyError::Client(e)))),
-            Poll::Ready(None) => {
-                this.ended();
-                return Poll::Ready(None);
-            }
-            Poll::Pending => {
-                return match this.idle.as_mut().map(|i| i.poll_expired(cx)) {
-                    Some(Poll::Ready(())) => Poll::Ready(Some(Err(BodyError::ClientTimeout))),
-                    _ => Poll::Pending,
-                };
-            }
-        };
-        if let Some(idle) = this.idle.as_mut() {
-            idle.progress();
-        }
-        if let Some(data) = frame.data_ref() {
-            this.seen += data.len() as u64;
-            if this.limit != 0 && this.seen > this.limit {
-                return Poll::Ready(Some(Err(BodyError::TooLarge)));
-            }
-        }
-        if this.inner.as_ref().is_some_and(|b| b.is_end_stream()) {
-            this.ended();
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map(|b| b.size_hint())
-            .unwrap_or_else(|| SizeHint::with_exact(0))
-    }
-}
 
 /// What a response body holds on to until it ends.
 pub struct Lease {
