@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
@@ -38,7 +38,43 @@ pub struct App {
     ready: AtomicBool,
 }
 
-/// What [`App::run`] needs to become ready.
+/// What a running limpet is told to do (by signals, or by the caller of an in-process run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Re-read the config file (SIGHUP).
+    Reload,
+    /// Shut down gracefully (SIGTERM, SIGINT).
+    Stop,
+}
+
+/// Runs limpet in this process: loads the config at `config_path`, serves on the listen sockets of `sockets`
+/// (keyed by the address the config lists, so a caller can bind port 0 and know the address beforehand) and
+/// binds the others, until `commands` says stop or closes. Signals are left to the caller.
+pub async fn run(
+    config_path: PathBuf,
+    sockets: Vec<(SocketAddr, std::net::TcpListener)>,
+    commands: mpsc::Receiver<Command>,
+) -> Result<(), String> {
+    let loaded = config::load(&config_path).map_err(|e| e.to_string())?;
+    let sockets = sockets
+        .into_iter()
+        .map(|(addr, socket)| {
+            socket.set_nonblocking(true)?;
+            Ok((addr, TcpListener::from_std(socket)?))
+        })
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| format!("listen socket: {e}"))?;
+    let (app, admin) = App::start(config_path, loaded, sockets)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(admin) = admin {
+        tokio::spawn(crate::admin::serve(app.clone(), admin));
+    }
+    app.drive(commands).await;
+    Ok(())
+}
+
+/// What [`App::drive`] needs to become ready.
 struct Starting {
     bound: Vec<(SocketAddr, TcpListener)>,
     first_round: FirstRound,
@@ -58,29 +94,38 @@ pub enum ApplyError {
 }
 
 impl App {
-    /// Builds the first snapshot and binds every listener; fails without side effects worth undoing.
+    /// Builds the first snapshot and binds every listener (taking the socket of `given` for an address there
+    /// instead of binding it); fails without side effects worth undoing.
     pub async fn start(
         config_path: PathBuf,
         loaded: config::Loaded,
+        mut given: Vec<(SocketAddr, TcpListener)>,
     ) -> Result<(Arc<App>, Option<TcpListener>), ApplyError> {
         let tls = runtime::tls_configs(&loaded.config).map_err(|p| problems(&config_path, p))?;
         let carry = Carry::default();
         let admin = match &loaded.config.admin {
-            Some(a) => Some(crate::listener::bind(a.listen).map_err(|e| {
-                ApplyError::Bind(format!("cannot listen on {} (admin.listen): {e}", a.listen))
-            })?),
+            Some(a) => Some(match take_given(&mut given, a.listen) {
+                Some(socket) => socket,
+                None => crate::listener::bind(a.listen).map_err(|e| {
+                    ApplyError::Bind(format!("cannot listen on {} (admin.listen): {e}", a.listen))
+                })?,
+            }),
             None => None,
         };
         let listeners = Listeners::default();
-        let bound = listeners
-            .bind_new(
-                loaded
-                    .config
-                    .servers
-                    .iter()
-                    .flat_map(|s| s.listen.iter().copied()),
-            )
-            .map_err(ApplyError::Bind)?;
+        let mut bound: Vec<(SocketAddr, TcpListener)> = Vec::new();
+        let mut to_bind = Vec::new();
+        for &addr in loaded.config.servers.iter().flat_map(|s| &s.listen) {
+            if bound.iter().any(|(a, _)| *a == addr) {
+                continue;
+            }
+            match take_given(&mut given, addr) {
+                Some(socket) => bound.push((addr, socket)),
+                None => to_bind.push(addr),
+            }
+        }
+        let fresh = listeners.bind_new(to_bind.into_iter());
+        bound.extend(fresh.map_err(ApplyError::Bind)?);
         let access_log =
             AccessLog::open(&loaded.config.global.access_log).map_err(ApplyError::AccessLog)?;
         let snapshot = carry.build(loaded.config, tls, Arc::new(access_log));
@@ -248,28 +293,55 @@ impl App {
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let stopped_early = tokio::select! {
-            _ = self.become_ready() => false,
-            _ = term.recv() => true,
-            _ = int.recv() => true,
-        };
-        if stopped_early {
-            self.shutdown().await;
-            return Ok(());
-        }
-        loop {
-            tokio::select! {
-                _ = hup.recv() => {
-                    info!("SIGHUP: reloading");
-                    let _ = self.reload().await;
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            loop {
+                let command = tokio::select! {
+                    _ = hup.recv() => {
+                        info!("SIGHUP: reloading");
+                        Command::Reload
+                    }
+                    _ = term.recv() => Command::Stop,
+                    _ = int.recv() => Command::Stop,
+                };
+                if tx.send(command).await.is_err() {
+                    return;
                 }
-                _ = term.recv() => break,
-                _ = int.recv() => break,
             }
-        }
-        self.shutdown().await;
+        });
+        self.drive(rx).await;
         Ok(())
     }
+
+    /// Serves until told to stop (or until every sender is gone), then shuts down gracefully; reloads when told.
+    /// A reload asked for before limpet is ready waits until it is.
+    pub async fn drive(self: Arc<Self>, mut commands: mpsc::Receiver<Command>) {
+        let mut reload_waiting = false;
+        let ready = self.become_ready();
+        tokio::pin!(ready);
+        loop {
+            tokio::select! {
+                _ = &mut ready => break,
+                command = commands.recv() => match command {
+                    Some(Command::Reload) => reload_waiting = true,
+                    Some(Command::Stop) | None => return self.shutdown().await,
+                },
+            }
+        }
+        if reload_waiting {
+            let _ = self.reload().await;
+        }
+        while let Some(Command::Reload) = commands.recv().await {
+            let _ = self.reload().await;
+        }
+        self.shutdown().await;
+    }
+}
+
+/// The socket the caller bound for `addr`, if any.
+fn take_given(given: &mut Vec<(SocketAddr, TcpListener)>, addr: SocketAddr) -> Option<TcpListener> {
+    let at = given.iter().position(|(a, _)| *a == addr)?;
+    Some(given.swap_remove(at).1)
 }
 
 fn problems(path: &std::path::Path, problems: Vec<Problem>) -> ApplyError {

@@ -98,7 +98,7 @@ fn run(path: PathBuf, loaded: config::Loaded) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let (app, admin) = match App::start(path, loaded).await {
+        let (app, admin) = match App::start(path, loaded, Vec::new()).await {
             Ok(started) => started,
             Err(e) => {
                 eprintln!("{e}");

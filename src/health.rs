@@ -154,7 +154,8 @@ fn apply(up: &Upstream, index: usize, next: Health, reason: Option<String>) {
     }
 }
 
-/// A stable spread of check times over `span`, so many servers' checks do not fire together.
+/// A random delay under `span` (from the server's name and the clock's nanoseconds), so the checks of many servers
+/// and of many limpet instances do not fire together.
 fn jitter(name: &str, span: Duration) -> Duration {
     use std::hash::{Hash, Hasher};
     let mut h = siphasher::sip::SipHasher13::new_with_keys(7, 11);
@@ -173,7 +174,7 @@ fn jitter(name: &str, span: Duration) -> Duration {
 async fn check_once(peer: &Peer, host: &str, hc: &HealthCheck) -> Result<Option<String>, String> {
     let (status, body) = tokio::time::timeout(
         hc.timeout,
-        get(&peer.pool, host, Method::GET, &hc.path, Bytes::new()),
+        one_off_request(&peer.pool, host, Method::GET, &hc.path, Bytes::new()),
     )
     .await
     .map_err(|_| {
@@ -203,11 +204,12 @@ async fn close_session(pool: &Pool, host: &str, path: &str, sid: &str, timeout: 
     let body = Bytes::from_static(if eio3 { b"1:1" } else { b"1" });
     let sep = if path.contains('?') { '&' } else { '?' };
     let url = format!("{path}{sep}sid={sid}");
-    let _ = tokio::time::timeout(timeout, get(pool, host, Method::POST, &url, body)).await;
+    let request = one_off_request(pool, host, Method::POST, &url, body);
+    let _ = tokio::time::timeout(timeout, request).await;
 }
 
 /// A one-off request on a fresh connection (TLS for a TLS upstream): (status, body up to BODY_LIMIT).
-async fn get(
+async fn one_off_request(
     pool: &Pool,
     host: &str,
     method: Method,

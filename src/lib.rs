@@ -34,6 +34,7 @@ mod clock;
 mod config;
 mod conn;
 mod convert_nginx;
+mod cookie;
 mod health;
 mod listener;
 mod metrics;
@@ -48,6 +49,7 @@ mod tls;
 mod upstream;
 mod warn_limit;
 
+pub use app::{run, Command};
 pub use config::parse as parse_config;
 pub use conn::HeadScan;
 pub use sticky::engineio;

@@ -29,7 +29,7 @@ async fn who_from(source: IpAddr, addr: SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_honours_weights_in_nginx_smooth_order() {
     let b = backends(&["a", "b", "c"]).await;
-    let limpet = Limpet::start(&servers_config(
+    let limpet = InProcess::start(&servers_config(
         "round_robin",
         "",
         &[
@@ -52,7 +52,7 @@ async fn round_robin_honours_weights_in_nginx_smooth_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_with_equal_weights_alternates() {
     let b = backends(&["a", "b", "c"]).await;
-    let limpet = Limpet::start(&servers_config(
+    let limpet = InProcess::start(&servers_config(
         "round_robin",
         "",
         &[(b[0].addr, ""), (b[1].addr, ""), (b[2].addr, "")],
@@ -68,7 +68,7 @@ async fn round_robin_with_equal_weights_alternates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_prefers_the_idle_server() {
     let b = backends(&["a", "b", "c"]).await;
-    let limpet = Limpet::start(&servers_config(
+    let limpet = InProcess::start(&servers_config(
         "least_conn",
         "",
         &[(b[0].addr, ""), (b[1].addr, ""), (b[2].addr, "")],
@@ -131,7 +131,7 @@ fn nginx_ip_hash(ip: [u8; 4], weights: &[u64]) -> usize {
 async fn ip_hash_follows_nginx_mapping_by_client_address() {
     let b = backends(&["a", "b", "c"]).await;
     let weights = [1u64, 2, 3];
-    let limpet = Limpet::start(&servers_config(
+    let limpet = InProcess::start(&servers_config(
         "ip_hash",
         "",
         &[
@@ -168,7 +168,7 @@ async fn ip_hash_follows_nginx_mapping_by_client_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_hash_keeps_a_client_and_its_slash_24_on_one_server() {
     let b = backends(&["a", "b", "c"]).await;
-    let limpet = Limpet::start(&servers_config(
+    let limpet = InProcess::start(&servers_config(
         "ip_hash",
         "",
         &[(b[0].addr, ""), (b[1].addr, ""), (b[2].addr, "")],
@@ -196,7 +196,7 @@ async fn hash_on_an_argument_sticks_per_key_and_is_consistent() {
     let b = backends(&["a", "b", "c"]).await;
     let servers = |down: &'static str| vec![(b[0].addr, ""), (b[1].addr, ""), (b[2].addr, down)];
     let keys = "hash_key = \"$arg_user\"";
-    let limpet = Limpet::start(&servers_config("hash", keys, &servers("")));
+    let limpet = InProcess::start(&servers_config("hash", keys, &servers("")));
     let users: Vec<String> = (0..30).map(|i| format!("user{i}")).collect();
     let mut placed = HashMap::new();
     for u in &users {
@@ -214,7 +214,7 @@ async fn hash_on_an_argument_sticks_per_key_and_is_consistent() {
     );
     drop(limpet);
 
-    let limpet = Limpet::start(&servers_config("hash", keys, &servers("down = true")));
+    let limpet = InProcess::start(&servers_config("hash", keys, &servers("down = true")));
     let before_c = b[2].hits();
     for u in &users {
         let now = who(limpet.addr(), &format!("/?user={u}")).await;

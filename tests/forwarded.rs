@@ -54,7 +54,7 @@ async fn seen_with(
 async fn the_forwarded_for_walk_stops_at_the_first_entry_that_is_not_an_address() {
     let backend = HttpBackend::start("b1").await;
     // 127.0.0.1 (the test client) plays a trusted proxy; 192.0.2.0/24 holds further trusted hops.
-    let limpet = Limpet::start(&config(
+    let limpet = InProcess::start(&config(
         backend.addr,
         "trusted_proxies = [\"127.0.0.1\", \"192.0.2.0/24\"]",
     ));
@@ -98,7 +98,7 @@ async fn the_forwarded_for_walk_stops_at_the_first_entry_that_is_not_an_address(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_from_an_untrusted_peer_are_replaced_or_removed() {
     let backend = HttpBackend::start("b1").await;
-    let limpet = Limpet::start(&config(backend.addr, ""));
+    let limpet = InProcess::start(&config(backend.addr, ""));
     let lies =
         "X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\n\
                 X-Forwarded-Port: 443\r\nX-Forwarded-Proto: https\r\n\
@@ -132,7 +132,7 @@ async fn http_1_0_without_host_reaches_a_node_server() {
     // Node's HTTP server answers 400 to an HTTP/1.1 request without Host: the one limpet sends must have one.
     let fleet = NodeFleet::start(1, &[]);
     let node = fleet.addrs()[0];
-    let limpet = Limpet::start(&config(node, ""));
+    let limpet = InProcess::start(&config(node, ""));
     let (status, text) = send(
         limpet.addr(),
         b"GET /socket.io/?EIO=4&transport=polling HTTP/1.0\r\n\r\n",
@@ -145,7 +145,7 @@ async fn http_1_0_without_host_reaches_a_node_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_proxy_keeps_the_forwarding_headers_it_set() {
     let backend = HttpBackend::start("b1").await;
-    let limpet = Limpet::start(&config(backend.addr, "trusted_proxies = [\"127.0.0.1\"]"));
+    let limpet = InProcess::start(&config(backend.addr, "trusted_proxies = [\"127.0.0.1\"]"));
     let lines = "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Host: chat.example\r\nX-Forwarded-Port: 443\r\n\
                  X-Forwarded-Proto: https\r\nForwarded: for=203.0.113.9;proto=https\r\n";
     let h = seen_with(limpet.addr(), &backend, "/trusted", lines).await;
@@ -163,7 +163,7 @@ async fn a_trusted_proxy_keeps_the_forwarding_headers_it_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_names_with_underscores_never_reach_the_server() {
     let backend = HttpBackend::start("b1").await;
-    let limpet = Limpet::start(&config(backend.addr, ""));
+    let limpet = InProcess::start(&config(backend.addr, ""));
     let lines = "X_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nX-Keep: 1\r\n";
     let h = seen_with(limpet.addr(), &backend, "/under", lines).await;
     assert!(!h.keys().any(|k| k.as_str().contains('_')), "{h:?}");
@@ -177,7 +177,7 @@ async fn trailers_never_reach_the_server() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
     ))
     .await;
-    let limpet = Limpet::start(&config(backend.addr, ""));
+    let limpet = InProcess::start(&config(backend.addr, ""));
     let request = b"POST /trailers HTTP/1.1\r\nHost: site.test\r\nTransfer-Encoding: chunked\r\n\
                     Trailer: X-Forwarded-For, Host, Transfer-Encoding\r\nTE: trailers\r\nConnection: close\r\n\r\n\
                     5\r\nhello\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\nHost: evil.example\r\n\
@@ -205,7 +205,7 @@ async fn trailers_never_reach_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_pipelined_behind_an_early_answer_is_never_read_from_its_body() {
     let backend = HttpBackend::start("b1").await;
-    let limpet = Limpet::start(&config(backend.addr, "max_header_bytes = 1024"));
+    let limpet = InProcess::start(&config(backend.addr, "max_header_bytes = 1024"));
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: site.test\r\n\r\n";
     // Each first request is answered by limpet itself before its body is read; its body holds a request.
     let firsts = [

@@ -61,7 +61,7 @@ fn head_cases() -> Vec<(&'static str, Vec<u8>, &'static [u16])> {
 }
 
 /// Sends `bytes` on a fresh connection: (status, whether limpet closed the connection).
-async fn send(limpet: &Limpet, bytes: &[u8]) -> (u16, bool, String) {
+async fn send(limpet: &InProcess, bytes: &[u8]) -> (u16, bool, String) {
     let (resp, closed) = raw(limpet.addr(), bytes, Duration::from_secs(10)).await;
     let text = String::from_utf8_lossy(&resp).into_owned();
     (status_of(&text), closed, text)
@@ -70,7 +70,7 @@ async fn send(limpet: &Limpet, bytes: &[u8]) -> (u16, bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_heads_are_refused_closed_and_never_reach_the_backend() {
     let backend = RawBackend::start(RawReply::AfterHeadClose(OK.to_vec())).await;
-    let limpet = Limpet::start(&simple_config("round_robin", &[backend.addr], "", ""));
+    let limpet = InProcess::start(&simple_config("round_robin", &[backend.addr], "", ""));
     for (what, bytes, statuses) in head_cases() {
         let (status, closed, text) = send(&limpet, &bytes).await;
         assert!(statuses.contains(&status), "{what}: got {text:?}");
@@ -98,7 +98,7 @@ async fn malformed_heads_are_refused_closed_and_never_reach_the_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_chunked_bodies_get_400_and_never_complete_upstream() {
     let backend = RawBackend::start(RawReply::AfterHeadClose(OK.to_vec())).await;
-    let limpet = Limpet::start(&simple_config("round_robin", &[backend.addr], "", ""));
+    let limpet = InProcess::start(&simple_config("round_robin", &[backend.addr], "", ""));
     let cases = [
         ("invalid chunk size", "zz\r\nhello\r\n0\r\n\r\n"),
         (
@@ -128,7 +128,7 @@ async fn malformed_chunked_bodies_get_400_and_never_complete_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_length_is_the_length_limpet_framed() {
     let backend = RawBackend::start(RawReply::AfterHead(OK.to_vec())).await;
-    let limpet = Limpet::start(&simple_config("round_robin", &[backend.addr], "", ""));
+    let limpet = InProcess::start(&simple_config("round_robin", &[backend.addr], "", ""));
     let (status, _, text) = send(
         &limpet,
         &h("POST /cl HTTP/1.1\nHost: a\nConnection: close\nContent-Length: 005\n\nhello"),
@@ -182,7 +182,7 @@ fn dechunk(mut s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_authority_is_the_host_the_backend_sees() {
     let backend = HttpBackend::start("b").await;
-    let limpet = Limpet::start(&simple_config("round_robin", &[backend.addr], "", ""));
+    let limpet = InProcess::start(&simple_config("round_robin", &[backend.addr], "", ""));
     let (status, _, text) = send(
         &limpet,
         &h("GET http://x.example:81/p?q=1 HTTP/1.1\nHost: y.example\nConnection: close\n\n"),
@@ -202,7 +202,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
 Keep-Alive: timeout=5\r\nTrailer: X-T\r\nUpgrade: h2c\r\nProxy-Authenticate: Basic\r\nProxy-Connection: keep-alive\r\n\
 TE: trailers\r\nX-End: kept\r\n\r\nok";
     let backend = RawBackend::start(RawReply::AfterHeadClose(reply.to_vec())).await;
-    let limpet = Limpet::start(&simple_config("round_robin", &[backend.addr], "", ""));
+    let limpet = InProcess::start(&simple_config("round_robin", &[backend.addr], "", ""));
     let req = h("GET /hop HTTP/1.1\nHost: a\nConnection: close, X-Secret, Host\nX-Secret: s\n\
 Keep-Alive: timeout=5\nTE: trailers\nTrailer: X-T\nProxy-Connection: keep-alive\nProxy-Authorization: Basic eA==\n\
 Upgrade: h2c\nX-Real-IP: 6.6.6.6\nX-Keep: kept\n\n");
@@ -244,7 +244,7 @@ Upgrade: h2c\nX-Real-IP: 6.6.6.6\nX-Keep: kept\n\n");
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_websocket_upgrade_keeps_its_upgrade_headers() {
     let backend = WsBackend::start().await;
-    let limpet = Limpet::start(&simple_config("round_robin", &[backend.addr], "", ""));
+    let limpet = InProcess::start(&simple_config("round_robin", &[backend.addr], "", ""));
     let mut ws = ws_connect(limpet.addr(), "/ws").await;
     use futures_util::{SinkExt, StreamExt};
     ws.send("ping".into()).await.unwrap();

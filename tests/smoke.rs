@@ -7,7 +7,7 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_a_request_to_a_backend() {
     let backend = HttpBackend::start("b1").await;
-    let limpet = Limpet::start(&simple_config("round_robin", &[backend.addr], "", ""));
+    let limpet = InProcess::start(&simple_config("round_robin", &[backend.addr], "", ""));
     let resp = get(limpet.addr(), "/hello?x=1").await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "b1");

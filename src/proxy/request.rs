@@ -214,7 +214,12 @@ fn hash_key(upstream: &Upstream, req: &Request<Incoming>) -> Option<Vec<u8>> {
     }
     match &upstream.config.hash_key {
         HashKey::RemoteAddr => None,
-        HashKey::Cookie(name) => Some(cookie(req, name).unwrap_or("").as_bytes().to_vec()),
+        HashKey::Cookie(name) => Some(
+            crate::cookie::in_headers(req.headers(), name)
+                .unwrap_or("")
+                .as_bytes()
+                .to_vec(),
+        ),
         HashKey::Arg(name) => {
             let q = req.uri().query().unwrap_or("");
             Some(
@@ -231,18 +236,6 @@ fn hash_key(upstream: &Upstream, req: &Request<Incoming>) -> Option<Vec<u8>> {
                 .unwrap_or_default(),
         ),
     }
-}
-
-/// A cookie's value from the request's `Cookie` headers.
-pub fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 /// What limpet reads from a request, once, before it routes and forwards it.

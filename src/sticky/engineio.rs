@@ -105,11 +105,7 @@ fn acceptable(sid: &str) -> bool {
 
 /// The value of one `name=value` cookie pair if its name is `io` and the value is not empty, unquoted.
 fn io_cookie_value(pair: &str) -> Option<&str> {
-    let (name, value) = pair.split_once('=')?;
-    if name.trim() != "io" {
-        return None;
-    }
-    let value = value.trim();
+    let value = crate::cookie::pair_value(pair, "io")?;
     let value = value
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))

@@ -1,11 +1,12 @@
-//! Test support: limpet as a real process, real backends on port 0, Node Socket.IO fleets, and small clients.
-//! Every wait has a deadline; nothing listens on a fixed port.
+//! Test support: limpet as a real process or in this one, real backends on port 0, Node Socket.IO fleets, and small
+//! clients. Every wait has a deadline; nothing listens on a fixed port.
 #![allow(dead_code, unused_imports)]
 
 pub mod backend;
 pub mod client;
 pub mod eio;
 mod encode;
+pub mod in_process;
 pub mod metrics;
 pub mod node;
 pub mod polling;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 pub use backend::{backends, HttpBackend, RawBackend, RawReply, WsBackend};
 pub use client::*;
 pub use encode::percent_encode;
+pub use in_process::InProcess;
 pub use node::{assert_clean, assert_connected_cleanly, NodeFleet, SioClient};
 
 /// Waits until `f` returns Some, polling every 20 ms, or panics with `what` after `timeout`.
