@@ -15,12 +15,7 @@ pub(super) fn health_check(c: &mut Checker, path: &str, h: &RawHealthCheck) -> H
         .path
         .clone()
         .unwrap_or_else(|| DEFAULT_HEALTH_PATH.to_string());
-    if !check_path.starts_with('/') {
-        c.error(
-            format!("{path}.path"),
-            format!("must start with '/', got {check_path:?}"),
-        );
-    }
+    c.url_path(&format!("{path}.path"), &check_path);
     let interval = c.positive_duration(
         &format!("{path}.interval"),
         &h.interval,

@@ -11,6 +11,7 @@ mod sticky;
 mod upstream;
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::time::Duration;
 
 use self::admin::admin;
@@ -66,6 +67,21 @@ impl Checker {
                 self.error(path, e);
                 default
             }
+        }
+    }
+
+    /// A URL path: it must start with '/'.
+    fn url_path(&mut self, path: &str, value: &str) {
+        if !value.starts_with('/') {
+            self.error(path, format!("must start with '/', got {value:?}"));
+        }
+    }
+
+    /// A file the config names (a certificate, a key, a CA bundle): it must be there to be read when the
+    /// config is loaded.
+    fn readable(&mut self, path: &str, file: &Path) {
+        if let Err(e) = std::fs::metadata(file) {
+            self.error(path, format!("cannot read {}: {e}", file.display()));
         }
     }
 

@@ -129,10 +129,9 @@ fn tls_files(c: &mut Checker, path: &str, t: &RawTls) -> Option<TlsFiles> {
             None
         }
         Some(p) => {
-            if let Err(e) = std::fs::metadata(p) {
-                c.error(format!("{path}.{key}"), format!("cannot read {p}: {e}"));
-            }
-            Some(PathBuf::from(p))
+            let p = PathBuf::from(p);
+            c.readable(&format!("{path}.{key}"), &p);
+            Some(p)
         }
     };
     let cert = file("cert", &t.cert);
@@ -150,12 +149,7 @@ fn location(
     ups: &BTreeMap<String, Upstream>,
 ) -> Option<Location> {
     let loc_path = l.path.clone().unwrap_or_else(|| "/".to_string());
-    if !loc_path.starts_with('/') {
-        c.error(
-            format!("{path}.path"),
-            format!("must start with '/', got {loc_path:?}"),
-        );
-    }
+    c.url_path(&format!("{path}.path"), &loc_path);
     let proxy_pass = match &l.proxy_pass {
         None => {
             c.error(

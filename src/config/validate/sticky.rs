@@ -19,12 +19,7 @@ pub(super) fn sticky(c: &mut Checker, path: &str, s: Option<&RawSticky>) -> Stic
         .path
         .clone()
         .unwrap_or_else(|| DEFAULT_STICKY_PATH.to_string());
-    if !sticky_path.starts_with('/') {
-        c.error(
-            format!("{path}.path"),
-            format!("must start with '/', got {sticky_path:?}"),
-        );
-    }
+    c.url_path(&format!("{path}.path"), &sticky_path);
     let fallback_path = format!("{path}.fallback");
     let fallback = balance(c, &fallback_path, s.fallback.as_deref(), Balance::LeastConn);
     if fallback == Balance::Sid {

@@ -142,12 +142,7 @@ fn upstream_tls(c: &mut Checker, path: &str, u: &RawUpstream) -> Option<Upstream
     }
     let ca = u.tls_ca.as_ref().map(PathBuf::from);
     if let Some(ca) = &ca {
-        if let Err(e) = std::fs::metadata(ca) {
-            c.error(
-                format!("{path}.tls_ca"),
-                format!("cannot read {}: {e}", ca.display()),
-            );
-        }
+        c.readable(&format!("{path}.tls_ca"), ca);
     }
     Some(UpstreamTls {
         ca,
