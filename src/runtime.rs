@@ -365,11 +365,7 @@ pub fn tls_configs(config: &Config) -> Result<TlsConfigs, Vec<Problem>> {
     let mut entries: HashMap<SocketAddr, Vec<SniEntry>> = HashMap::new();
     for (i, block) in config.servers.iter().enumerate() {
         let Some(files) = &block.tls else { continue };
-        let files = tls::TlsFiles {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-        };
-        match tls::load_certified_key(&files) {
+        match tls::load_certified_key(files) {
             Ok(key) => {
                 for addr in &block.listen {
                     entries

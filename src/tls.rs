@@ -12,19 +12,14 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+use crate::config::TlsFiles;
+
 /// Where the system's CA bundle is read from when an upstream gives no `tls_ca`.
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 const ALPN_HTTP11: &[u8] = b"http/1.1";
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
-
-/// A certificate chain file and its private key file, both PEM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
 
 /// Why a TLS config could not be built. Every file problem names the file.
 #[derive(Debug, thiserror::Error)]

@@ -83,6 +83,7 @@ pub struct ServerBlock {
     pub locations: Vec<Location>,
 }
 
+/// A certificate chain file and its private key file, both PEM (loaded by [`crate::tls`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
