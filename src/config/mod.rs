@@ -238,13 +238,12 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             message: format!("cannot read file: {e}"),
         }],
     })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    parse(&text, base).map_err(|problems| ConfigError { file, problems })
+    parse(&text).map_err(|problems| ConfigError { file, problems })
 }
 
 /// Parses and validates config text; relative file paths in it stay relative to the working directory,
 /// as nginx's do relative to its prefix.
-pub fn parse(text: &str, _base: &Path) -> Result<Loaded, Vec<Problem>> {
+pub fn parse(text: &str) -> Result<Loaded, Vec<Problem>> {
     let de::Parsed {
         raw,
         mut problems,

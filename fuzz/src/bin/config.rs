@@ -2,7 +2,7 @@
 fn main() {
     afl::fuzz!(|data: &[u8]| {
         if let Ok(text) = std::str::from_utf8(data) {
-            let _ = limpet::config::parse(text, std::path::Path::new("."));
+            let _ = limpet::parse_config(text);
         }
     });
 }
