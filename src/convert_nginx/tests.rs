@@ -489,7 +489,7 @@ fn every_conversion_is_a_limpet_config() {
     for conf in inputs() {
         let converted = convert(&conf).unwrap().toml;
         let text = offline(&converted, tls_file.path());
-        if let Err(problems) = crate::config::parse(&text, Path::new(".")) {
+        if let Err(problems) = crate::config::parse(&text) {
             let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
             panic!("{problems:#?}\n{text}");
         }
