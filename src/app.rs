@@ -47,33 +47,6 @@ pub enum Command {
     Stop,
 }
 
-/// Runs limpet in this process: loads the config at `config_path`, serves on the listen sockets of `sockets`
-/// (keyed by the address the config lists, so a caller can bind port 0 and know the address beforehand) and
-/// binds the others, until `commands` says stop or closes. Signals are left to the caller.
-pub async fn run(
-    config_path: PathBuf,
-    sockets: Vec<(SocketAddr, std::net::TcpListener)>,
-    commands: mpsc::Receiver<Command>,
-) -> Result<(), String> {
-    let loaded = config::load(&config_path).map_err(|e| e.to_string())?;
-    let sockets = sockets
-        .into_iter()
-        .map(|(addr, socket)| {
-            socket.set_nonblocking(true)?;
-            Ok((addr, TcpListener::from_std(socket)?))
-        })
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|e| format!("listen socket: {e}"))?;
-    let (app, admin) = App::start(config_path, loaded, sockets)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(admin) = admin {
-        tokio::spawn(crate::admin::serve(app.clone(), admin));
-    }
-    app.drive(commands).await;
-    Ok(())
-}
-
 /// What [`App::drive`] needs to become ready.
 struct Starting {
     bound: Vec<(SocketAddr, TcpListener)>,

@@ -16,18 +16,14 @@ pub(super) fn health_check(c: &mut Checker, path: &str, h: &RawHealthCheck) -> H
         .clone()
         .unwrap_or_else(|| DEFAULT_HEALTH_PATH.to_string());
     c.url_path(&format!("{path}.path"), &check_path);
-    let interval = c.positive_duration(
-        &format!("{path}.interval"),
-        &h.interval,
-        DEFAULT_HEALTH_INTERVAL,
-    );
-    let timeout = c.positive_duration(
-        &format!("{path}.timeout"),
-        &h.timeout,
-        DEFAULT_HEALTH_TIMEOUT,
-    );
-    let fails = c.int(&format!("{path}.fails"), h.fails, 2, 1..=100) as u32;
-    let passes = c.int(&format!("{path}.passes"), h.passes, 2, 1..=100) as u32;
+    let interval = c
+        .at(path)
+        .positive_duration("interval", &h.interval, DEFAULT_HEALTH_INTERVAL);
+    let timeout = c
+        .at(path)
+        .positive_duration("timeout", &h.timeout, DEFAULT_HEALTH_TIMEOUT);
+    let fails = c.at(path).int("fails", h.fails, 2, 1..=100) as u32;
+    let passes = c.at(path).int("passes", h.passes, 2, 1..=100) as u32;
     let expect_status = status_range(
         c,
         &format!("{path}.expect_status"),

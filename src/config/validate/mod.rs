@@ -130,6 +130,14 @@ impl Checker {
         v
     }
 
+    /// The keys of the table at `table`, checked by name.
+    fn at<'a>(&'a mut self, table: &'a str) -> Keys<'a> {
+        Keys {
+            checker: self,
+            table,
+        }
+    }
+
     fn listen_addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
         if let Ok(addr) = text.parse::<SocketAddr>() {
             return Some(addr);
@@ -144,6 +152,49 @@ impl Checker {
                 None
             }
         }
+    }
+}
+
+/// A table's keys, checked with their full path (`upstream.app.keepalive`) in every message.
+struct Keys<'a> {
+    checker: &'a mut Checker,
+    table: &'a str,
+}
+
+impl Keys<'_> {
+    fn path(&self, key: &str) -> String {
+        format!("{}.{key}", self.table)
+    }
+
+    fn duration(&mut self, key: &str, value: &Option<String>, default: Duration) -> Duration {
+        let path = self.path(key);
+        self.checker.duration(&path, value, default)
+    }
+
+    fn positive_duration(
+        &mut self,
+        key: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
+        let path = self.path(key);
+        self.checker.positive_duration(&path, value, default)
+    }
+
+    fn int(
+        &mut self,
+        key: &str,
+        value: Option<i64>,
+        default: i64,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> i64 {
+        let path = self.path(key);
+        self.checker.int(&path, value, default, range)
+    }
+
+    fn cidrs(&mut self, key: &str, value: &Option<Vec<String>>) -> Vec<Cidr> {
+        let path = self.path(key);
+        self.checker.cidrs(&path, value)
     }
 }
 

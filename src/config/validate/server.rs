@@ -54,12 +54,11 @@ fn server_block(
         .tls
         .as_ref()
         .and_then(|t| tls_files(c, &format!("{path}.tls"), t));
-    let trusted_proxies = c.cidrs(&format!("{path}.trusted_proxies"), &s.trusted_proxies);
+    let trusted_proxies = c.at(path).cidrs("trusted_proxies", &s.trusted_proxies);
     let proxy_protocol = s.proxy_protocol.unwrap_or(false);
-    let proxy_protocol_from = c.cidrs(
-        &format!("{path}.proxy_protocol_from"),
-        &s.proxy_protocol_from,
-    );
+    let proxy_protocol_from = c
+        .at(path)
+        .cidrs("proxy_protocol_from", &s.proxy_protocol_from);
     if proxy_protocol && proxy_protocol_from.is_empty() {
         c.warn(
             format!("{path}.proxy_protocol_from"),
@@ -71,24 +70,24 @@ fn server_block(
             "has no effect without proxy_protocol = true",
         );
     }
-    let max_connections_per_ip = c.int(
-        &format!("{path}.max_connections_per_ip"),
+    let max_connections_per_ip = c.at(path).int(
+        "max_connections_per_ip",
         s.max_connections_per_ip,
         0,
         0..=10_000_000,
     ) as usize;
-    let client_header_timeout = c.positive_duration(
-        &format!("{path}.client_header_timeout"),
+    let client_header_timeout = c.at(path).positive_duration(
+        "client_header_timeout",
         &s.client_header_timeout,
         DEFAULT_CLIENT_HEADER_TIMEOUT,
     );
-    let keepalive_timeout = c.duration(
-        &format!("{path}.keepalive_timeout"),
+    let keepalive_timeout = c.at(path).duration(
+        "keepalive_timeout",
         &s.keepalive_timeout,
         DEFAULT_KEEPALIVE_TIMEOUT,
     );
-    let max_header_bytes = c.int(
-        &format!("{path}.max_header_bytes"),
+    let max_header_bytes = c.at(path).int(
+        "max_header_bytes",
         s.max_header_bytes,
         DEFAULT_MAX_HEADER_BYTES,
         1024..=1 << 20,
@@ -175,16 +174,14 @@ fn location(
         }
         Some(name) => Some(name.clone()),
     };
-    let connect_timeout = c.positive_duration(
-        &format!("{path}.connect_timeout"),
+    let connect_timeout = c.at(path).positive_duration(
+        "connect_timeout",
         &l.connect_timeout,
         DEFAULT_CONNECT_TIMEOUT,
     );
-    let read_timeout = c.positive_duration(
-        &format!("{path}.read_timeout"),
-        &l.read_timeout,
-        DEFAULT_READ_TIMEOUT,
-    );
+    let read_timeout =
+        c.at(path)
+            .positive_duration("read_timeout", &l.read_timeout, DEFAULT_READ_TIMEOUT);
     if read_timeout < SOCKETIO_PING_WINDOW {
         c.warn(
             format!("{path}.read_timeout"),

@@ -25,13 +25,11 @@ pub(super) fn sticky(c: &mut Checker, path: &str, s: Option<&RawSticky>) -> Stic
     if fallback == Balance::Sid {
         c.error(&fallback_path, "the fallback of sid must be another method");
     }
-    let session_ttl = c.positive_duration(
-        &format!("{path}.session_ttl"),
-        &s.session_ttl,
-        DEFAULT_SESSION_TTL,
-    );
-    let max_sessions = c.int(
-        &format!("{path}.max_sessions"),
+    let session_ttl =
+        c.at(path)
+            .positive_duration("session_ttl", &s.session_ttl, DEFAULT_SESSION_TTL);
+    let max_sessions = c.at(path).int(
+        "max_sessions",
         s.max_sessions,
         DEFAULT_MAX_SESSIONS,
         1..=100_000_000,

@@ -74,23 +74,17 @@ fn upstream(c: &mut Checker, path: &str, name: &str, u: &RawUpstream) -> Upstrea
         Balance::RoundRobin,
     );
     let hash_key = hash_key(c, &format!("{path}.hash_key"), u.hash_key.as_deref());
-    let keepalive = c.int(
-        &format!("{path}.keepalive"),
-        u.keepalive,
-        DEFAULT_KEEPALIVE,
-        0..=100_000,
-    ) as usize;
-    let keepalive_timeout = c.positive_duration(
-        &format!("{path}.keepalive_timeout"),
+    let keepalive = c
+        .at(path)
+        .int("keepalive", u.keepalive, DEFAULT_KEEPALIVE, 0..=100_000) as usize;
+    let keepalive_timeout = c.at(path).positive_duration(
+        "keepalive_timeout",
         &u.keepalive_timeout,
         DEFAULT_UPSTREAM_KEEPALIVE_TIMEOUT,
     );
-    let retries = c.int(
-        &format!("{path}.retries"),
-        u.retries,
-        DEFAULT_RETRIES,
-        0..=100,
-    ) as u32;
+    let retries = c
+        .at(path)
+        .int("retries", u.retries, DEFAULT_RETRIES, 0..=100) as u32;
     let tls = upstream_tls(c, path, u);
     let sticky = sticky(c, &format!("{path}.sticky"), u.sticky.as_ref());
     if u.sticky.is_some() && balance != Balance::Sid {
@@ -180,14 +174,12 @@ fn server_spec(c: &mut Checker, path: &str, s: &RawUpstreamServer) -> Option<Ser
         return None;
     };
     let addr = upstream_addr(c, &format!("{path}.addr"), &name);
-    let weight = c.int(&format!("{path}.weight"), s.weight, 1, 1..=1000) as u32;
-    let max_fails = c.int(&format!("{path}.max_fails"), s.max_fails, 1, 0..=1000) as u32;
-    let fail_timeout = c.positive_duration(
-        &format!("{path}.fail_timeout"),
-        &s.fail_timeout,
-        DEFAULT_FAIL_TIMEOUT,
-    );
-    let max_conns = c.int(&format!("{path}.max_conns"), s.max_conns, 0, 0..=10_000_000) as u32;
+    let weight = c.at(path).int("weight", s.weight, 1, 1..=1000) as u32;
+    let max_fails = c.at(path).int("max_fails", s.max_fails, 1, 0..=1000) as u32;
+    let fail_timeout =
+        c.at(path)
+            .positive_duration("fail_timeout", &s.fail_timeout, DEFAULT_FAIL_TIMEOUT);
+    let max_conns = c.at(path).int("max_conns", s.max_conns, 0, 0..=10_000_000) as u32;
     let route = s.route.clone().unwrap_or_default();
     if route.contains(['.', '/', ' ']) {
         c.error(
