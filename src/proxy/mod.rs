@@ -47,7 +47,7 @@ pub async fn handle(
     let request_line = log
         .is_on()
         .then(|| (req.method().clone(), req.uri().clone()));
-    let from = From {
+    let from = Requester {
         client,
         started,
         request_line: request_line.as_ref(),
@@ -64,7 +64,7 @@ pub async fn handle(
 }
 
 /// Who asked, and what its access log line needs.
-struct From<'a> {
+struct Requester<'a> {
     client: &'a ClientInfo,
     started: Instant,
     /// Method and target, when the access log is on.
@@ -146,7 +146,7 @@ impl Trail {
 /// Reads the request, plans where it goes and sends it.
 async fn forward(
     snap: &Snapshot,
-    from: &From<'_>,
+    from: &Requester<'_>,
     mut req: Request<Incoming>,
     head: Option<HeadCounts>,
 ) -> Forwarded {
@@ -221,7 +221,7 @@ impl Forwarded {
 struct Ctx<'a> {
     route: &'a Route,
     upstream: &'a Arc<Upstream>,
-    from: &'a From<'a>,
+    from: &'a Requester<'a>,
     /// What a tunnel's access log line says, when the access log is on.
     log_line: Option<LogLine<'a>>,
 }
@@ -475,7 +475,7 @@ fn switch_protocols(
 
 impl LogLine<'_> {
     /// The line of a tunnel to the server of `lease`.
-    fn entry(&self, from: &From<'_>, lease: &Lease) -> Entry {
+    fn entry(&self, from: &Requester<'_>, lease: &Lease) -> Entry {
         let (method, uri) = self.line;
         Entry {
             client: self.client_ip,
