@@ -415,10 +415,10 @@ async fn serve_http(
     let client = Arc::new(client);
     let service = service_fn(move |req| {
         let (busy, head) = Busy::new(&phase);
-        let snap = snapshots.load_full();
+        let snapshots = snapshots.clone();
         let client = client.clone();
         async move {
-            let resp = proxy::handle(snap, &client, req, head).await;
+            let resp = proxy::handle(snapshots.load_full(), &client, req, head).await;
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 busy.became_tunnel();
                 client.hold.permit.not_reusable();
