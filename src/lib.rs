@@ -6,8 +6,8 @@
 //! - [`runtime`]: the immutable snapshot built from a config; state carried across reloads.
 //! - [`app`]: the running process: snapshot swap on reload, graceful shutdown, signals.
 //! - [`listener`]: accept loops, PROXY protocol, TLS, HTTP/1.1 serving of client connections.
-//! - [`proxy`]: forwarding a request (routing, sticky lookup, pooled upstream connections, errors) and the
-//!   WebSocket tunnel.
+//! - [`proxy`]: one request, one way: read its facts once (`request`), route, plan (`affinity`: sid stickiness),
+//!   send over pooled upstream connections, respond; errors; the WebSocket tunnel.
 //! - [`upstream`]: server groups, per-server state, the pick (primaries, then backups), connection pools.
 //! - [`balance`]: round robin, least connections, ip_hash, consistent hash.
 //! - [`sticky`]: Engine.IO parsing and the sid → server table.
@@ -18,7 +18,8 @@
 //! - [`conn`]: a client connection's plumbing, which knows nothing of routing: its stream and deadlines, the
 //!   framing scan of its heads, its slots (the connection cap, per-address caps, idle reuse).
 //! - [`request_body`]: the client's body as sent upstream.
-//! - [`clock`], [`sync`]: the millisecond clock, the lock helper.
+//! - [`deadline`], [`clock`], [`sync`]: checked deadlines and the lazily re-armed idle timer, the millisecond
+//!   clock, the lock helper.
 //! - [`warn_limit`]: per-request warnings, rate-limited.
 //!
 //! Only the command, the in-process entry and the parsers of peer input (for the tests and fuzz targets) are
@@ -35,6 +36,7 @@ mod config;
 mod conn;
 mod convert_nginx;
 mod cookie;
+mod deadline;
 mod health;
 mod listener;
 mod metrics;

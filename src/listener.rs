@@ -21,10 +21,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{canonical_ip, Cidr};
-use crate::conn::deadline::after;
 use crate::conn::idle_io::{Busy, ConnPhase, IdleIo, Limits};
 use crate::conn::slots::{Admitted, Clock, PerIp, Permit, Reuse, Slots};
 use crate::conn::{ClientInfo, ClientStream, ConnHold};
+use crate::deadline::after;
 use crate::proxy;
 use crate::proxy::response_body::Held;
 use crate::proxy_protocol::{self, ProxyHeader};

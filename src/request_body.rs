@@ -9,7 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use crate::conn::deadline::Idle;
+use crate::deadline::Idle;
 
 /// Why a body stopped early.
 #[derive(Debug, thiserror::Error)]

@@ -12,10 +12,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::deadline::{after, Timer};
 use super::head_scan::{HeadCounts, HeadScan};
 use super::slots::{Clock, Reuse};
 use super::ClientStream;
+use crate::deadline::{after, Timer};
 
 /// What a connection's service tells its [`IdleIo`]: a request is being served, or the connection has become a
 /// tunnel (which keeps its own idle timeout).

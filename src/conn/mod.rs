@@ -1,7 +1,6 @@
 //! A client connection's plumbing, which knows nothing of routing: its stream and deadlines, the framing scan of
 //! its request heads, and its slots (the connection cap, per-address caps, idle reuse).
 
-pub mod deadline;
 pub mod head_scan;
 pub mod idle_io;
 pub mod slots;

@@ -457,19 +457,22 @@ fn switch_protocols(
     *client_resp.headers_mut() = h;
     let idle = ctx.route.location.read_timeout;
     let hold = ctx.from.client.hold.clone();
-    let logged = ctx.log_line.map(|l| {
-        let entry = l.entry(ctx.from, &lease);
-        (ctx.from.log.clone(), entry)
+    let log = ctx.log_line.map(|l| {
+        Box::new(tunnel::TunnelLog {
+            log: ctx.from.log.clone(),
+            entry: l.entry(ctx.from, &lease),
+        })
     });
     let (client_upgrade, in_flight) = (upgrade.client, lease.in_flight);
-    hold.tracker.clone().spawn(async move {
-        // Made here rather than captured, so the task holds one copy of the tunnel's future, not two.
-        let carried = tunnel::run(client_upgrade, upstream_upgrade, idle, in_flight).await;
-        if let Some((log, entry)) = logged {
-            log.tunnel_ended(&entry, carried.from_server, carried.from_client);
-        }
-        drop(hold);
-    });
+    let tracker = hold.tracker.clone();
+    tracker.spawn(tunnel::serve(
+        client_upgrade,
+        upstream_upgrade,
+        idle,
+        in_flight,
+        log,
+        hold,
+    ));
     Ok(client_resp)
 }
 

@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
-use crate::conn::deadline::Idle;
+use crate::deadline::Idle;
 use crate::request_body::{BodyError, RequestBody};
 use crate::upstream::{InFlight, Upstream};
 

@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,8 +22,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::conn::deadline::{after, Timer};
-use crate::conn::ClientStream;
+use crate::access_log::{AccessLog, Entry};
+use crate::conn::{ClientStream, ConnHold};
+use crate::deadline::{after, poll_sleep_until};
 use crate::upstream::InFlight;
 
 const SCRATCH: usize = 16 * 1024;
@@ -36,6 +38,55 @@ thread_local! {
 pub struct Carried {
     pub from_client: u64,
     pub from_server: u64,
+}
+
+/// What a tunnel's access log line needs (boxed, so a tunnel with the log off carries one null pointer for it).
+pub struct TunnelLog {
+    pub log: Arc<AccessLog>,
+    pub entry: Entry,
+}
+
+/// A tunnel's task: relays until the tunnel ends, then writes its access log line and lets go of its client
+/// connection (its slot and its place in the shutdown tracker).
+pub fn serve(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    in_flight: InFlight,
+    log: Option<Box<TunnelLog>>,
+    hold: Arc<ConnHold>,
+) -> Task<impl Future<Output = Carried>> {
+    Task {
+        relay: run(client, upstream, idle, in_flight),
+        log,
+        hold: Some(hold),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The relay and what the tunnel lets go of when it ends, side by side: an async block awaiting the relay
+    /// would hold a second copy of it.
+    pub struct Task<F> {
+        #[pin]
+        relay: F,
+        log: Option<Box<TunnelLog>>,
+        hold: Option<Arc<ConnHold>>,
+    }
+}
+
+impl<F: Future<Output = Carried>> Future for Task<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let carried = std::task::ready!(this.relay.poll(cx));
+        if let Some(t) = this.log.take() {
+            t.log
+                .tunnel_ended(&t.entry, carried.from_server, carried.from_client);
+        }
+        this.hold.take();
+        Poll::Ready(())
+    }
 }
 
 /// Joins both upgrades and relays until the tunnel ends. `in_flight` keeps the server counted meanwhile.
@@ -154,7 +205,7 @@ fn relay<A: Stream, B: Stream>(
     idle: Duration,
 ) -> impl Future<Output = Carried> {
     async move {
-        let mut timer = Timer::default();
+        let mut sleep = std::pin::pin!(tokio::time::sleep(idle));
         let mut last = Instant::now();
         let ended: io::Result<()> = poll_fn(|cx| {
             let moved = poll_copy(cx, &mut a, &mut b)? | poll_copy(cx, &mut b, &mut a)?;
@@ -164,7 +215,7 @@ fn relay<A: Stream, B: Stream>(
             if moved {
                 last = Instant::now();
             }
-            if timer.poll_until(cx, after(last, idle)).is_ready() {
+            if poll_sleep_until(cx, sleep.as_mut(), after(last, idle)).is_ready() {
                 debug!("tunnel idle timeout");
                 return Poll::Ready(Ok(()));
             }
@@ -291,14 +342,15 @@ fn poll_read_through<R: Stream, W: Stream>(
 mod tests {
     use super::*;
 
-    fn future_size<A, B, C, D, F: Future>(_: fn(A, B, C, D) -> F) -> usize {
+    fn future_size<A, B, C, D, E, G, F: Future>(_: fn(A, B, C, D, E, G) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
-    /// An idle tunnel is mostly its task: keep its future small (no buffers, no readiness futures inline).
+    /// An idle tunnel is mostly its task: keep its future small (no buffers, no readiness futures inline, the
+    /// access log line behind a pointer).
     #[test]
     fn tunnel_future_stays_small() {
-        let size = future_size(run);
-        assert!(size <= 512, "tunnel future grew to {size} bytes");
+        let size = future_size(serve);
+        assert!(size <= 512, "tunnel task future grew to {size} bytes");
     }
 }

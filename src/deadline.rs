@@ -31,16 +31,26 @@ impl Timer {
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if deadline < sleep.deadline() {
-            sleep.as_mut().reset(deadline);
+        poll_sleep_until(cx, sleep.as_mut(), deadline)
+    }
+}
+
+/// [`Timer::poll_until`] on a timer entry the caller holds in place (a tunnel keeps its own inline, saving an
+/// allocation per idle connection).
+pub fn poll_sleep_until(
+    cx: &mut Context<'_>,
+    mut sleep: Pin<&mut Sleep>,
+    deadline: Instant,
+) -> Poll<()> {
+    if deadline < sleep.deadline() {
+        sleep.as_mut().reset(deadline);
+    }
+    loop {
+        ready!(sleep.as_mut().poll(cx));
+        if Instant::now() >= deadline {
+            return Poll::Ready(());
         }
-        loop {
-            ready!(sleep.as_mut().poll(cx));
-            if Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-            sleep.as_mut().reset(deadline);
-        }
+        sleep.as_mut().reset(deadline);
     }
 }
 
