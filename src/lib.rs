@@ -83,9 +83,11 @@ pub async fn run(
     let (app, admin) = app::App::start(config_path, loaded, sockets)
         .await
         .map_err(|e| e.to_string())?;
-    if let Some(admin) = admin {
-        tokio::spawn(admin::serve(app.clone(), admin));
-    }
+    let admin = admin.map(|admin| tokio::spawn(admin::serve(app.clone(), admin)));
     app.drive(commands).await;
+    // The admin listener serves through the graceful drain and closes with it.
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     Ok(())
 }
