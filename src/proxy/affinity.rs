@@ -147,13 +147,19 @@ fn local_plan(upstream: &Upstream, req: &Request<Incoming>, upgrade: bool) -> Lo
     };
     match upstream.index_of(id) {
         Some(index) => {
-            if let Some(store) = upstream.store.as_ref().filter(|_| refresh) {
-                if upstream.peers[index].holds_sessions() && !upstream.peers[index].full() {
-                    store.touch(&sid, &upstream.peers[index].spec.name);
-                }
+            let decision = fixed_or_dead(upstream, index, upgrade, Some(sid.into_owned()));
+            // The session goes to its server: its expiry in the shared store is due a refresh.
+            let store = upstream.store.as_ref().filter(|_| refresh);
+            if let (
+                Some(store),
+                Ok(Plan {
+                    session: Some(sid), ..
+                }),
+            ) = (store, &decision.plan)
+            {
+                store.touch(sid, &upstream.peers[index].spec.name);
             }
-            let session = Some(sid.into_owned());
-            decided(fixed_or_dead(upstream, index, upgrade, session))
+            decided(decision)
         }
         // Removed from the config: the session is lost.
         None => {

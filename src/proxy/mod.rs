@@ -458,9 +458,17 @@ fn switch_protocols(
     let idle = ctx.route.location.read_timeout;
     let hold = ctx.from.client.hold.clone();
     let log = ctx.log_line.map(|l| {
+        let trail = Trail {
+            upstream: Some(lease.upstream.clone()),
+            server: Some(lease.index),
+            lookup: l.lookup,
+            client_ip: Some(l.client_ip),
+        };
+        let status = StatusCode::SWITCHING_PROTOCOLS;
+        let entry = trail.entry(ctx.from.client, ctx.from.started, l.line.clone(), status);
         Box::new(tunnel::TunnelLog {
             log: ctx.from.log.clone(),
-            entry: l.entry(ctx.from, &lease),
+            entry,
         })
     });
     let (client_upgrade, in_flight) = (upgrade.client, lease.in_flight);
@@ -474,23 +482,6 @@ fn switch_protocols(
         hold,
     ));
     Ok(client_resp)
-}
-
-impl LogLine<'_> {
-    /// The line of a tunnel to the server of `lease`.
-    fn entry(&self, from: &Requester<'_>, lease: &Lease) -> Entry {
-        let (method, uri) = self.line;
-        Entry {
-            client: self.client_ip,
-            method: method.clone(),
-            uri: uri.clone(),
-            status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
-            upstream: Some(lease.upstream.name().to_string()),
-            server: Some(lease.upstream.peers[lease.index].spec.name.clone()),
-            sticky: self.lookup.map(Lookup::as_str),
-            started: from.started,
-        }
-    }
 }
 
 /// Checks a 101: `Upgrade: websocket` and the accept value matching the client's key.
