@@ -16,7 +16,7 @@ use crate::access_log::AccessLog;
 use crate::clock::now_ms;
 use crate::config::{self, Problem};
 use crate::health::FirstRound;
-use crate::listener::{Listeners, Shared};
+use crate::listener::{take_given, Listeners, Shared};
 use crate::metrics::metrics;
 use crate::runtime::{self, Carry, Snapshot};
 use crate::sync::lock;
@@ -86,19 +86,14 @@ impl App {
             None => None,
         };
         let listeners = Listeners::default();
-        let mut bound: Vec<(SocketAddr, TcpListener)> = Vec::new();
-        let mut to_bind = Vec::new();
-        for &addr in loaded.config.servers.iter().flat_map(|s| &s.listen) {
-            if bound.iter().any(|(a, _)| *a == addr) {
-                continue;
-            }
-            match take_given(&mut given, addr) {
-                Some(socket) => bound.push((addr, socket)),
-                None => to_bind.push(addr),
-            }
-        }
-        let fresh = listeners.bind_new(to_bind.into_iter());
-        bound.extend(fresh.map_err(ApplyError::Bind)?);
+        let wanted = loaded
+            .config
+            .servers
+            .iter()
+            .flat_map(|s| s.listen.iter().copied());
+        let bound = listeners
+            .bind_new(wanted, &mut given)
+            .map_err(ApplyError::Bind)?;
         let access_log =
             AccessLog::open(&loaded.config.global.access_log).map_err(ApplyError::AccessLog)?;
         let snapshot = carry.build(loaded.config, tls, Arc::new(access_log));
@@ -210,7 +205,7 @@ impl App {
             .collect();
         let bound = self
             .lock_listeners()
-            .bind_new(wanted.iter().copied())
+            .bind_new(wanted.iter().copied(), &mut Vec::new())
             .map_err(ApplyError::Bind)?;
         let access_log = if loaded.config.global.access_log == old.config.global.access_log {
             old.access_log.clone()
@@ -309,12 +304,6 @@ impl App {
         }
         self.shutdown().await;
     }
-}
-
-/// The socket the caller bound for `addr`, if any.
-fn take_given(given: &mut Vec<(SocketAddr, TcpListener)>, addr: SocketAddr) -> Option<TcpListener> {
-    let at = given.iter().position(|(a, _)| *a == addr)?;
-    Some(given.swap_remove(at).1)
 }
 
 fn problems(path: &std::path::Path, problems: Vec<Problem>) -> ApplyError {

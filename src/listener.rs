@@ -50,6 +50,15 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// The socket a caller bound for `addr` beforehand, if any (taken out of `given`).
+pub fn take_given(
+    given: &mut Vec<(SocketAddr, TcpListener)>,
+    addr: SocketAddr,
+) -> Option<TcpListener> {
+    let at = given.iter().position(|(a, _)| *a == addr)?;
+    Some(given.swap_remove(at).1)
+}
+
 /// What accept loops and their connections share with the rest of the process.
 #[derive(Clone)]
 pub struct Shared {
@@ -79,21 +88,23 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds every address of `wanted` not yet listening, once each (blocks sharing an address share its socket).
-    /// On any failure nothing new is kept.
+    /// Binds every address of `wanted` not yet listening, once each (blocks sharing an address share its socket),
+    /// taking the socket of `given` for an address there instead of binding it. On any failure nothing new is kept.
     pub fn bind_new(
         &self,
         wanted: impl Iterator<Item = SocketAddr>,
+        given: &mut Vec<(SocketAddr, TcpListener)>,
     ) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
         let mut bound: Vec<(SocketAddr, TcpListener)> = Vec::new();
         for addr in wanted {
             if self.running.contains_key(&addr) || bound.iter().any(|(a, _)| *a == addr) {
                 continue;
             }
-            match bind(addr) {
-                Ok(l) => bound.push((addr, l)),
-                Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
-            }
+            let socket = match take_given(given, addr) {
+                Some(socket) => socket,
+                None => bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+            };
+            bound.push((addr, socket));
         }
         Ok(bound)
     }
