@@ -18,11 +18,19 @@ pub fn pair_value<'a>(pair: &'a str, name: &str) -> Option<&'a str> {
 
 /// The value of cookie `name` across a request's `Cookie` headers.
 pub fn in_headers<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    find_in_headers(headers, |v| value(v, name))
+}
+
+/// The first thing `find` reads from a request's `Cookie` header values, in order.
+pub fn find_in_headers<'a>(
+    headers: &'a HeaderMap,
+    find: impl FnMut(&'a str) -> Option<&'a str>,
+) -> Option<&'a str> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|v| value(v, name))
+        .find_map(find)
 }
 
 #[cfg(test)]

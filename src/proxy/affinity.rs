@@ -255,11 +255,7 @@ fn fixed_or_dead(
 }
 
 fn cookie_sid(req: &Request<Incoming>) -> Option<&str> {
-    req.headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(engineio::cookie_sid)
+    crate::cookie::find_in_headers(req.headers(), engineio::cookie_sid)
 }
 
 /// A session pinned to a server that could not be reached is lost (counted as a `dead` lookup): it is
