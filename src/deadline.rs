@@ -72,6 +72,12 @@ impl Idle {
         }
     }
 
+    /// Starts over allowing `limit`, keeping the timer entry (a connection reused by the next request).
+    pub fn restart(&mut self, limit: Duration) {
+        self.limit = limit;
+        self.waiting_since = None;
+    }
+
     /// Something moved: the clock starts again at the next wait.
     pub fn progress(&mut self) {
         self.waiting_since = None;

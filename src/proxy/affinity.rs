@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::response_body::Lease;
 use super::ProxyError;
 use crate::sticky::engineio;
-use crate::upstream::Upstream;
+use crate::upstream::{Conn, Upstream};
 
 /// Where a request must go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +280,7 @@ pub fn lost_session(
 /// `HANDSHAKE_PEEK_LIMIT` bytes of) the open packet, which is returned to be sent on ahead of the rest.
 pub async fn learn(
     lease: &Lease,
+    conn: &mut Conn,
     parts: &http::response::Parts,
     body: Incoming,
     learn: Learn,
@@ -303,7 +304,7 @@ pub async fn learn(
         }
         return Ok((None, body));
     }
-    let (prefix, body) = peek_open_packet(body, read_timeout).await?;
+    let (prefix, body) = peek_open_packet(conn, body, read_timeout).await?;
     if let Some(sid) = engineio::handshake_sid(&prefix)
         .map(std::borrow::Cow::Borrowed)
         .or(cookie)
@@ -325,12 +326,13 @@ pub async fn learn(
 
 /// Reads the start of a body until it holds a complete open packet, ends, or passes the peek limit.
 async fn peek_open_packet(
+    conn: &mut Conn,
     mut body: Incoming,
     read_timeout: Duration,
 ) -> Result<(Bytes, Incoming), ProxyError> {
     let mut buf = BytesMut::new();
     while buf.len() < engineio::HANDSHAKE_PEEK_LIMIT && engineio::handshake_sid(&buf).is_none() {
-        let frame = match tokio::time::timeout(read_timeout, body.frame()).await {
+        let frame = match tokio::time::timeout(read_timeout, conn.drive(body.frame())).await {
             Err(_) => return Err(ProxyError::Timeout),
             Ok(None) => break,
             Ok(Some(Err(e))) => return Err(ProxyError::Upstream(e)),

@@ -133,8 +133,8 @@ pub fn set_forwarded(headers: &mut HeaderMap, f: &Forwarding<'_>) {
 /// Removes from a request what must not reach a server: hop-by-hop headers, names holding `_` (nginx's
 /// `underscores_in_headers off`: CGI and WSGI servers read `X_Forwarded_For` as `X-Forwarded-For`), and, from a
 /// peer that is not a trusted proxy, `X-Forwarded-Port` and `Forwarded` (see [`set_forwarded`]). One pass over
-/// the names when there is nothing to remove.
-pub fn strip_request(headers: &mut HeaderMap, trusted_peer: bool) {
+/// the names when there is nothing to remove. True when it removed anything.
+pub fn strip_request(headers: &mut HeaderMap, trusted_peer: bool) -> bool {
     let untrusted = |name: &HeaderName| {
         !trusted_peer && (name == header::FORWARDED || name == X_FORWARDED_PORT)
     };
@@ -142,7 +142,7 @@ pub fn strip_request(headers: &mut HeaderMap, trusted_peer: bool) {
         .keys()
         .any(|k| is_hop_by_hop(k) || underscored(k) || untrusted(k))
     {
-        return;
+        return false;
     }
     strip_hop_by_hop(headers);
     let names: Vec<HeaderName> = headers
@@ -153,6 +153,7 @@ pub fn strip_request(headers: &mut HeaderMap, trusted_peer: bool) {
     for name in names {
         headers.remove(name);
     }
+    true
 }
 
 fn underscored(name: &HeaderName) -> bool {

@@ -8,8 +8,11 @@ pub mod request;
 pub mod response_body;
 pub mod tunnel;
 
+use std::future::{poll_fn, Future};
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -21,9 +24,9 @@ use tracing::{debug, warn};
 use crate::access_log::{AccessLog, Entry, Logged};
 use crate::balance::PickKey;
 use crate::conn::{ClientInfo, HeadCounts};
-use crate::request_body::{BodyError, RequestBody};
+use crate::request_body::BodyError;
 use crate::runtime::{Route, Snapshot};
-use crate::upstream::{InFlight, Upstream};
+use crate::upstream::{Conn, InFlight, Upstream};
 use crate::warn_limit::WarnLimit;
 use affinity::{Learn, Lookup, Plan, Target};
 pub use error::ProxyError;
@@ -300,7 +303,7 @@ async fn send(
             }
         }
         let result = match exchange(conn, prepared, loc.read_timeout).await {
-            Exchange::Done(resp, sender) => {
+            Exchange::Done(resp, answered) => {
                 if let Err(e) = check_response(&resp) {
                     peer.record_failure(name, &e);
                     return fail(server, e);
@@ -310,9 +313,8 @@ async fn send(
                     upstream: upstream.clone(),
                     index,
                     in_flight,
-                    sender,
                 };
-                respond(ctx, resp, lease, plan.learn, upgrade).await
+                respond(ctx, resp, lease, answered, plan.learn, upgrade).await
             }
             Exchange::Stale(req) => {
                 prepared = req;
@@ -330,47 +332,49 @@ async fn send(
 }
 
 enum Exchange {
-    Done(
-        Response<Incoming>,
-        Option<hyper::client::conn::http1::SendRequest<RequestBody>>,
-    ),
+    Done(Response<Incoming>, Answered),
     /// A pooled connection had closed before the request went out: try again on a fresh one.
     Stale(Prepared),
     Failed(ProxyError),
 }
 
-/// Sends a request and waits for the answer's head: `read_timeout` counts from the moment the request body has
-/// been sent whole, so time spent waiting on a slow client is never the server's.
-async fn exchange(
-    mut conn: crate::upstream::Conn,
-    prepared: Prepared,
-    read_timeout: Duration,
-) -> Exchange {
+/// The connection an answer arrived on: its body streams over it, and it goes back to the pool after when
+/// `reusable`.
+struct Answered {
+    conn: Conn,
+    reusable: bool,
+}
+
+/// Sends a request and waits for the answer's head, driving the connection in this task: `read_timeout` counts
+/// from the moment the request body has been sent whole, so time spent waiting on a slow client is never the
+/// server's.
+async fn exchange(mut conn: Conn, prepared: Prepared, read_timeout: Duration) -> Exchange {
     let Prepared {
         request,
         reusable,
-        body_sent,
+        mut body_sent,
         host_missing,
     } = prepared;
     let answer = conn.sender.try_send_request(request);
-    tokio::pin!(answer);
-    let answered = match body_sent {
-        None => None,
-        Some(sent) => tokio::select! {
-            biased;
-            r = answer.as_mut() => Some(r),
-            _ = sent => None,
-        },
-    };
-    let answered = match answered {
-        Some(r) => r,
-        None => match tokio::time::timeout(read_timeout, answer).await {
-            Ok(r) => r,
-            Err(_) => return Exchange::Failed(ProxyError::Timeout),
-        },
+    let mut answer = std::pin::pin!(answer);
+    conn.restart_idle(read_timeout);
+    let answered = poll_fn(|cx| {
+        if let Poll::Ready(r) = conn.poll_with(cx, |cx| answer.as_mut().poll(cx)) {
+            return Poll::Ready(Some(r));
+        }
+        if let Some(sent) = body_sent.as_mut() {
+            // Sent whole, or the body failed (its sender dropped): the server's time starts now.
+            std::task::ready!(Pin::new(sent).poll(cx)).ok();
+            body_sent = None;
+        }
+        conn.poll_idle_expired(cx).map(|()| None)
+    })
+    .await;
+    let Some(answered) = answered else {
+        return Exchange::Failed(ProxyError::Timeout);
     };
     match answered {
-        Ok(resp) => Exchange::Done(resp, reusable.then_some(conn.sender)),
+        Ok(resp) => Exchange::Done(resp, Answered { conn, reusable }),
         Err(mut e) => match e.take_message() {
             Some(mut request) if conn.reused => {
                 let body_sent = request.body_mut().watch_sent();
@@ -416,24 +420,33 @@ async fn respond(
     ctx: &Ctx<'_>,
     resp: Response<Incoming>,
     lease: Lease,
+    mut answered: Answered,
     learn: Learn,
     upgrade: Option<Upgrade>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let route = ctx.route;
+    let read_timeout = ctx.route.location.read_timeout;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(upgrade) = upgrade else {
             return Err(ProxyError::BadUpgrade(
                 "101 to a request that asked for no upgrade",
             ));
         };
-        return switch_protocols(ctx, resp, lease, upgrade);
+        check_websocket_accept(&resp, upgrade.accept.as_deref())?;
+        // Driven to its end, the connection hands its socket to the upgrade the tunnel waits for.
+        if tokio::time::timeout(read_timeout, answered.conn.finish())
+            .await
+            .is_err()
+        {
+            return Err(ProxyError::Timeout);
+        }
+        return Ok(switch_protocols(ctx, resp, lease, upgrade));
     }
     let (mut parts, body) = resp.into_parts();
-    let (prefix, body) =
-        affinity::learn(&lease, &parts, body, learn, route.location.read_timeout).await?;
+    let conn = &mut answered.conn;
+    let (prefix, body) = affinity::learn(&lease, conn, &parts, body, learn, read_timeout).await?;
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
-    let body = UpstreamBody::new(prefix, body, route.location.read_timeout, lease);
+    let body = UpstreamBody::new(prefix, body, answered, lease);
     Ok(Response::from_parts(
         parts,
         ResponseBody::Upstream(Box::new(body)),
@@ -445,8 +458,7 @@ fn switch_protocols(
     mut resp: Response<Incoming>,
     lease: Lease,
     upgrade: Upgrade,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    check_websocket_accept(&resp, upgrade.accept.as_deref())?;
+) -> Response<ResponseBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let mut client_resp = Response::new(ResponseBody::empty());
     *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -481,7 +493,7 @@ fn switch_protocols(
         log,
         hold,
     ));
-    Ok(client_resp)
+    client_resp
 }
 
 /// Checks a 101: `Upgrade: websocket` and the accept value matching the client's key.

@@ -315,9 +315,13 @@ pub fn prepare(req: Request<Incoming>, facts: &Facts<'_>, client: &ClientInfo) -
         .then(|| parts.headers.get(header::UPGRADE).cloned())
         .flatten();
     parts.headers.remove(header::CONTENT_LENGTH);
-    strip_request(&mut parts.headers, source.trusted_peer);
-    if let Some(host) = host {
-        parts.headers.insert(header::HOST, host);
+    // Room for the forwarding headers, so adding them grows the map once at most.
+    parts.headers.reserve(5);
+    if strip_request(&mut parts.headers, source.trusted_peer) {
+        // `Connection: host` must not take the Host header away.
+        if let Some(host) = &host {
+            parts.headers.insert(header::HOST, host.clone());
+        }
     }
     if let Some(n) = length {
         parts
@@ -330,7 +334,6 @@ pub fn prepare(req: Request<Incoming>, facts: &Facts<'_>, client: &ClientInfo) -
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, upgrade);
     }
-    let host = parts.headers.get(header::HOST).cloned();
     let other = (source.ip != client.peer.ip()).then_some(source.ip);
     set_forwarded(
         &mut parts.headers,

@@ -1,51 +1,54 @@
-//! Response bodies: limpet's own short answers, and a server's body streamed on, which keeps its server counted
-//! in flight, times out when idle, and hands its connection back to the pool.
+//! Response bodies: limpet's own short answers, and a server's body streamed on, which drives its connection,
+//! keeps its server counted in flight, times out when idle, and hands its connection back to the pool.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 
-use crate::deadline::Idle;
-use crate::request_body::{BodyError, RequestBody};
-use crate::upstream::{InFlight, Upstream};
+use super::Answered;
+use crate::request_body::BodyError;
+use crate::upstream::{Conn, InFlight, Upstream};
 
-/// What a response body holds on to until it ends.
+/// The server a response body comes from, counted in flight until the body is done.
 pub struct Lease {
     pub upstream: Arc<Upstream>,
     pub index: usize,
     pub in_flight: InFlight,
-    /// The connection, returned to the pool once the body has been read to its end.
-    pub sender: Option<SendRequest<RequestBody>>,
 }
 
 /// A response body streamed from a server.
 pub struct UpstreamBody {
     prefix: Option<Bytes>,
     inner: Incoming,
-    idle: Idle,
+    /// The connection the body arrives on, driven by reading the body; its silence deadline is the request's
+    /// `read_timeout`. Taken back to the pool when the body is dropped.
+    conn: Option<Conn>,
+    /// The connection goes back to the pool once the body has been read to its end.
+    reusable: bool,
     lease: Option<Lease>,
     ended: bool,
 }
 
 impl UpstreamBody {
-    /// Streams `inner` (after `prefix`, bytes already read from it), failing when it stays silent `idle_timeout`.
-    pub fn new(
+    /// Streams `inner` (after `prefix`, bytes already read from it) from the connection it was answered on.
+    pub(super) fn new(
         prefix: Option<Bytes>,
         inner: Incoming,
-        idle_timeout: Duration,
+        answered: Answered,
         lease: Lease,
     ) -> UpstreamBody {
         let ended = prefix.is_none() && inner.is_end_stream();
+        let Answered { mut conn, reusable } = answered;
+        conn.progress();
         UpstreamBody {
             prefix,
             inner,
-            idle: Idle::new(idle_timeout),
+            conn: Some(conn),
+            reusable,
             lease: Some(lease),
             ended,
         }
@@ -70,9 +73,13 @@ impl Body for UpstreamBody {
         if let Some(prefix) = this.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let inner = &mut this.inner;
+        match conn.poll_with(cx, |cx| Pin::new(&mut *inner).poll_frame(cx)) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.idle.progress();
+                conn.progress();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -84,7 +91,7 @@ impl Body for UpstreamBody {
                 this.ended = true;
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.idle.poll_expired(cx) {
+            Poll::Pending => match conn.poll_idle_expired(cx) {
                 Poll::Ready(()) => {
                     let e = BodyError::UpstreamTimeout;
                     this.fail(&e);
@@ -116,10 +123,11 @@ impl Drop for UpstreamBody {
         let Some(lease) = self.lease.take() else {
             return;
         };
-        if self.ended || self.inner.is_end_stream() {
-            if let Some(sender) = lease.sender {
-                lease.upstream.peers[lease.index].pool.put(sender);
-            }
+        if !self.reusable || !(self.ended || self.inner.is_end_stream()) {
+            return;
+        }
+        if let Some(conn) = self.conn.take() {
+            lease.upstream.peers[lease.index].pool.put(conn);
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Upstream groups at run time: their servers with live state, balancers over primaries and backups, and the pick.
 
+pub mod conn;
 pub mod pool;
 pub mod state;
 
@@ -12,7 +13,8 @@ use crate::metrics::{metrics, StatusCounters, NO_SERVER};
 use crate::sticky::store::SessionStore;
 use crate::sticky::table::SessionTable;
 use crate::sticky::ServerId;
-pub use pool::{Conn, ConnectError, Pool, TlsTarget};
+pub use conn::Conn;
+pub use pool::{ConnectError, Pool, TlsTarget};
 use prometheus::{Histogram, IntCounter};
 pub use state::{Health, InFlight, ServerState};
 use tracing::warn;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use hyper::client::conn::http1::{Builder, SendRequest};
+use hyper::client::conn::http1::Builder;
 use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use rustls::pki_types::ServerName;
@@ -18,17 +18,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-use tracing::debug;
 
-use crate::request_body::RequestBody;
+use super::conn::Conn;
 use crate::sync::lock;
-
-/// A connection to a server, ready for one request.
-pub struct Conn {
-    pub sender: SendRequest<RequestBody>,
-    /// Taken from the idle queue rather than freshly connected.
-    pub reused: bool,
-}
 
 /// Why a connection to a server could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -86,14 +78,14 @@ pub type UpstreamStream = crate::stream::MaybeTls<TlsStream<TcpStream>>;
 
 /// An idle connection and when it was handed back.
 struct Idle {
-    sender: SendRequest<RequestBody>,
+    conn: Conn,
     since: Instant,
 }
 
 impl Idle {
     /// Still open, and idle for less than `timeout`.
-    fn fresh(&self, timeout: Duration) -> bool {
-        !self.sender.is_closed() && self.since.elapsed() < timeout
+    fn fresh(&mut self, timeout: Duration) -> bool {
+        self.since.elapsed() < timeout && !self.conn.is_closed()
     }
 }
 
@@ -132,30 +124,25 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open and fresh.
-    fn pop(&self) -> Option<SendRequest<RequestBody>> {
+    fn pop(&self) -> Option<Conn> {
         loop {
-            let idle = lock(&self.idle).pop_back()?;
+            let mut idle = lock(&self.idle).pop_back()?;
             if idle.fresh(self.keepalive_timeout) {
-                return Some(idle.sender);
+                return Some(idle.conn);
             }
         }
     }
 
     /// An idle connection that is still open, or a new one.
     pub async fn get(&self, connect_timeout: Duration) -> Result<Conn, ConnectError> {
-        while let Some(mut sender) = self.pop() {
-            if sender.is_ready() {
-                return Ok(Conn {
-                    sender,
-                    reused: true,
-                });
+        while let Some(mut conn) = self.pop() {
+            conn.reused = true;
+            if conn.sender.is_ready() {
+                return Ok(conn);
             }
-            // Returned at the end of a response body; the connection turns idle a moment later.
-            if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, sender.ready()).await {
-                return Ok(Conn {
-                    sender,
-                    reused: true,
-                });
+            // Returned at the end of a response body; the connection turns idle once driven a little further.
+            if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, conn.ready()).await {
+                return Ok(conn);
             }
         }
         self.connect(connect_timeout).await
@@ -163,8 +150,8 @@ impl Pool {
 
     /// Returns a connection whose response has been read to the end. Past `keepalive` idle ones, the oldest is
     /// closed: `keepalive` bounds idle connections only.
-    pub fn put(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() || self.keepalive == 0 {
+    pub fn put(&self, conn: Conn) {
+        if self.keepalive == 0 || !conn.is_open() {
             return;
         }
         let since = Instant::now();
@@ -173,7 +160,7 @@ impl Pool {
             let oldest = (idle.len() >= self.keepalive)
                 .then(|| idle.pop_front())
                 .flatten();
-            idle.push_back(Idle { sender, since });
+            idle.push_back(Idle { conn, since });
             oldest
         };
         drop(oldest);
@@ -181,13 +168,15 @@ impl Pool {
 
     /// Closes the connections idle for `keepalive_timeout` or more, and those the server closed.
     pub fn close_idle(&self) {
-        let fresh = |i: &Idle| i.fresh(self.keepalive_timeout);
+        let timeout = self.keepalive_timeout;
         let stale: VecDeque<Idle> = {
             let mut idle = lock(&self.idle);
-            if idle.iter().all(fresh) {
+            if idle.iter_mut().all(|i| i.fresh(timeout)) {
                 return;
             }
-            let (keep, stale) = std::mem::take(&mut *idle).into_iter().partition(fresh);
+            let (keep, stale) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|i| i.since.elapsed() < timeout && i.conn.is_open());
             *idle = keep;
             stale
         };
@@ -222,30 +211,22 @@ impl Pool {
 
     async fn connect(&self, connect_timeout: Duration) -> Result<Conn, ConnectError> {
         // Each kind of stream keeps its own type so the tunnel can recognize a plain socket.
-        let sender = match self.open(connect_timeout).await? {
-            UpstreamStream::Tcp(s) => self.handshake(s).await?,
-            UpstreamStream::Tls(s) => self.handshake(*s).await?,
+        let conn = match self.open(connect_timeout).await? {
+            UpstreamStream::Tcp(s) => handshake(s).await?,
+            UpstreamStream::Tls(s) => handshake(*s).await?,
         };
         self.connects.inc();
-        Ok(Conn {
-            sender,
-            reused: false,
-        })
+        Ok(conn)
     }
+}
 
-    async fn handshake<T>(&self, io: T) -> Result<SendRequest<RequestBody>, ConnectError>
-    where
-        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
-        let (sender, conn) = Builder::new().handshake(TokioIo::new(io)).await?;
-        let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(%addr, error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
-    }
+/// Starts HTTP/1.1 on a fresh stream. The connection is driven by whoever uses it (see [`Conn`]).
+async fn handshake<T>(io: T) -> Result<Conn, ConnectError>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, driver) = Builder::new().handshake(TokioIo::new(io)).await?;
+    Ok(Conn::new(sender, Box::pin(driver.with_upgrades())))
 }
 
 #[cfg(test)]
