@@ -5,14 +5,15 @@
 #   scripts/fuzz.sh [seconds per target]      (default 60)
 #
 # Targets: config (the TOML loader), engineio (handshake sid), sid (query/cookie extraction, percent-decoding),
-# proxy_protocol (PROXY v1/v2), head_scan (raw request-head framing counts). A crash fails the run; it is kept in
+# proxy_protocol (PROXY v1/v2), head_scan (raw request-head framing counts), upstream_response (a server's
+# response head and chunked body as the upstream reader takes them). A crash fails the run; it is kept in
 # fuzz/out/<target>/default/crashes/ and belongs in tests/parsers_prop.rs::fuzz_regressions once fixed.
 # The config target runs in a network namespace of its own: the loader resolves host names, and a fuzzer must
 # not send DNS queries.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs="${1:-60}"
-targets=(config engineio sid proxy_protocol head_scan)
+targets=(config engineio sid proxy_protocol head_scan upstream_response)
 
 if ! cargo afl --version >/dev/null 2>&1; then
   echo "==> cargo install cargo-afl (builds AFL++)"

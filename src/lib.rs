@@ -56,6 +56,8 @@ pub use config::parse as parse_config;
 pub use conn::HeadScan;
 pub use sticky::engineio;
 pub use sticky::table::SessionTable;
+/// The upstream HTTP/1.1 reader's parsers (response heads, chunked bodies), for property tests and fuzzing.
+pub use upstream::h1;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

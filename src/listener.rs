@@ -330,7 +330,9 @@ async fn serve(shared: Shared, conn: Accepted) {
             _per_ip: per_ip,
         }),
     };
-    serve_http(shared, settings, io, client, started, reuse).await;
+    // Boxed: the served connection's future is large, and a task's future is copied whole when it is spawned,
+    // finished and dropped; this one stays small until the connection is accepted.
+    Box::pin(serve_http(shared, settings, io, client, started, reuse)).await;
 }
 
 /// The client's address: the peer's, or the source a PROXY header gives when the listener expects one from this

@@ -7,7 +7,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
 
 use crate::deadline::Idle;
 
@@ -19,7 +18,7 @@ pub enum BodyError {
     #[error("client body: {0}")]
     Client(hyper::Error),
     #[error("upstream body: {0}")]
-    Upstream(hyper::Error),
+    Upstream(std::io::Error),
     #[error("upstream sent nothing for read_timeout")]
     UpstreamTimeout,
     #[error("client sent no body bytes for client_header_timeout")]
@@ -33,8 +32,6 @@ pub struct RequestBody {
     limit: u64,
     seen: u64,
     idle: Option<Idle>,
-    /// Told when the body has been read to its end (dropped unsent when it fails or is dropped early).
-    sent: Option<oneshot::Sender<()>>,
 }
 
 impl RequestBody {
@@ -46,23 +43,16 @@ impl RequestBody {
             limit,
             seen: 0,
             idle,
-            sent: None,
         }
     }
 
-    /// A signal for the moment the body has been read whole (None when there is none to read).
-    pub fn watch_sent(&mut self) -> Option<oneshot::Receiver<()>> {
-        if self.is_end_stream() {
-            return None;
-        }
-        let (tx, rx) = oneshot::channel();
-        self.sent = Some(tx);
-        Some(rx)
-    }
-
-    fn ended(&mut self) {
-        if let Some(sent) = self.sent.take() {
-            let _ = sent.send(());
+    /// No body.
+    pub fn none() -> RequestBody {
+        RequestBody {
+            inner: None,
+            limit: 0,
+            seen: 0,
+            idle: None,
         }
     }
 }
@@ -82,10 +72,7 @@ impl Body for RequestBody {
         let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => f,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(BodyError::Client(e)))),
-            Poll::Ready(None) => {
-                this.ended();
-                return Poll::Ready(None);
-            }
+            Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {
                 return match this.idle.as_mut().map(|i| i.poll_expired(cx)) {
                     Some(Poll::Ready(())) => Poll::Ready(Some(Err(BodyError::ClientTimeout))),
@@ -101,9 +88,6 @@ impl Body for RequestBody {
             if this.limit != 0 && this.seen > this.limit {
                 return Poll::Ready(Some(Err(BodyError::TooLarge)));
             }
-        }
-        if this.inner.as_ref().is_some_and(|b| b.is_end_stream()) {
-            this.ended();
         }
         Poll::Ready(Some(Ok(frame)))
     }

@@ -1,17 +1,20 @@
 //! Properties of the pure parsers, over generated input: the config loader, Engine.IO handshake and sid/cookie
-//! extraction, the PROXY protocol parser and the raw request-head scanner. None may panic on any input, and
-//! each finds exactly what was put in. The fuzz targets in fuzz/ explore the same functions by coverage.
+//! extraction, the PROXY protocol parser, the raw request-head scanner and the upstream response reader. None
+//! may panic on any input, and each finds exactly what was put in. The fuzz targets in fuzz/ explore the same functions by coverage.
 
 #[path = "support/encode.rs"]
 mod encode;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use bytes::BytesMut;
 use encode::percent_encode;
 use limpet::engineio::{
     cookie_sid, decode_sid, handshake_sid, is_handshake, query_param, query_sid, set_cookie_sid,
     MAX_SID_LEN,
 };
+use limpet::h1::chunked::{Chunked, Step};
+use limpet::h1::head::{keeps_alive, parse_response, response_framing};
 use limpet::proxy_protocol::{self, ProxyHeader};
 use limpet::HeadScan;
 use proptest::prelude::*;
@@ -200,6 +203,50 @@ proptest! {
 
     // ---- Config --------------------------------------------------------------------------------------------
     // Text without ':' never names a host:port, so no input here can make the loader resolve a name.
+
+    // ---- Upstream responses ----------------------------------------------------------------------------
+
+    #[test]
+    fn chunked_bodies_decode_to_what_was_encoded_however_split(
+        chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..64), 0..8),
+        split in any::<proptest::sample::Index>(),
+    ) {
+        let mut wire = Vec::new();
+        for c in &chunks {
+            wire.extend(format!("{:x}\r\n", c.len()).bytes());
+            wire.extend(c);
+            wire.extend(b"\r\n");
+        }
+        wire.extend(b"0\r\nx-trailer: 1\r\n\r\n");
+        let split = split.index(wire.len() + 1);
+        let mut dec = Chunked::default();
+        let mut buf = BytesMut::from(&wire[..split]);
+        let mut rest = Some(&wire[split..]);
+        let mut data = Vec::new();
+        loop {
+            match dec.step(&mut buf) {
+                Ok(Step::Data(d)) => data.extend_from_slice(&d),
+                Ok(Step::End) => break,
+                Ok(Step::More) => match rest.take() {
+                    Some(more) => buf.extend_from_slice(more),
+                    None => prop_assert!(false, "ended early"),
+                },
+                Err(e) => prop_assert!(false, "{}", e),
+            }
+        }
+        prop_assert_eq!(data, chunks.concat());
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn response_heads_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        if let Ok(Some(head)) = parse_response(&mut buf) {
+            if let Ok(framing) = response_framing(&http::Method::GET, &head) {
+                let _ = keeps_alive(&head, framing);
+            }
+        }
+    }
 
     #[test]
     fn config_parse_never_panics_on_text(text in "[^:]{0,400}") {

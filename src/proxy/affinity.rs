@@ -6,12 +6,12 @@ use http::header;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::time::Duration;
 
-use super::response_body::Lease;
+use super::response_body::UpstreamBody;
 use super::ProxyError;
+use crate::request_body::BodyError;
 use crate::sticky::engineio;
-use crate::upstream::{Conn, Upstream};
+use crate::upstream::Upstream;
 
 /// Where a request must go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,21 +276,19 @@ pub fn lost_session(
     ProxyError::SessionUnknown { upgrade }
 }
 
-/// Learns the session a server just opened or confirmed. For a handshake, reads (at most
-/// `HANDSHAKE_PEEK_LIMIT` bytes of) the open packet, which is returned to be sent on ahead of the rest.
+/// Learns the session server `index` of `upstream` just opened or confirmed. For a handshake, reads (at most
+/// `HANDSHAKE_PEEK_LIMIT` bytes of) the open packet, which is put back in front of the body.
 pub async fn learn(
-    lease: &Lease,
-    conn: &mut Conn,
+    upstream: &Upstream,
+    index: usize,
+    body: &mut UpstreamBody,
     parts: &http::response::Parts,
-    body: Incoming,
     learn: Learn,
-    read_timeout: Duration,
-) -> Result<(Option<Bytes>, Incoming), ProxyError> {
-    let upstream = &lease.upstream;
+) -> Result<(), ProxyError> {
     let Some(table) = upstream.sessions.as_ref().filter(|_| learn != Learn::No) else {
-        return Ok((None, body));
+        return Ok(());
     };
-    let peer = &upstream.peers[lease.index];
+    let peer = &upstream.peers[index];
     let cookie = parts
         .headers
         .get_all(header::SET_COOKIE)
@@ -302,9 +300,9 @@ pub async fn learn(
         if let Some(sid) = cookie {
             table.learn(&sid, peer.state.id);
         }
-        return Ok((None, body));
+        return Ok(());
     }
-    let (prefix, body) = peek_open_packet(conn, body, read_timeout).await?;
+    let prefix = peek_open_packet(body).await?;
     if let Some(sid) = engineio::handshake_sid(&prefix)
         .map(std::borrow::Cow::Borrowed)
         .or(cookie)
@@ -321,26 +319,25 @@ pub async fn learn(
             store.put(&sid, &peer.spec.name).await;
         }
     }
-    Ok((Some(prefix), body))
+    body.set_prefix(prefix);
+    Ok(())
 }
 
 /// Reads the start of a body until it holds a complete open packet, ends, or passes the peek limit.
-async fn peek_open_packet(
-    conn: &mut Conn,
-    mut body: Incoming,
-    read_timeout: Duration,
-) -> Result<(Bytes, Incoming), ProxyError> {
+/// (The body's own read timeout bounds each wait.)
+async fn peek_open_packet(body: &mut UpstreamBody) -> Result<Bytes, ProxyError> {
     let mut buf = BytesMut::new();
     while buf.len() < engineio::HANDSHAKE_PEEK_LIMIT && engineio::handshake_sid(&buf).is_none() {
-        let frame = match tokio::time::timeout(read_timeout, conn.drive(body.frame())).await {
-            Err(_) => return Err(ProxyError::Timeout),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(ProxyError::Upstream(e)),
-            Ok(Some(Ok(frame))) => frame,
+        let frame = match body.frame().await {
+            None => break,
+            Some(Err(BodyError::UpstreamTimeout)) => return Err(ProxyError::Timeout),
+            Some(Err(BodyError::Upstream(e))) => return Err(ProxyError::Upstream(e)),
+            Some(Err(e)) => return Err(ProxyError::Upstream(std::io::Error::other(e))),
+            Some(Ok(frame)) => frame,
         };
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
         }
     }
-    Ok((buf.freeze(), body))
+    Ok(buf.freeze())
 }

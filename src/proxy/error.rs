@@ -26,7 +26,7 @@ pub enum ProxyError {
     #[error("{0}")]
     Connect(#[from] ConnectError),
     #[error("upstream error: {0}")]
-    Upstream(hyper::Error),
+    Upstream(std::io::Error),
     #[error("upstream timed out")]
     Timeout,
     #[error("invalid upgrade answer from upstream: {0}")]

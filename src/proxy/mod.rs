@@ -8,12 +8,8 @@ pub mod request;
 pub mod response_body;
 pub mod tunnel;
 
-use std::future::{poll_fn, Future};
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
-use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -24,8 +20,9 @@ use tracing::{debug, warn};
 use crate::access_log::{AccessLog, Entry, Logged};
 use crate::balance::PickKey;
 use crate::conn::{ClientInfo, HeadCounts};
-use crate::request_body::BodyError;
 use crate::runtime::{Route, Snapshot};
+use crate::upstream::conn::{Answer, Failure};
+use crate::upstream::h1::head::ResponseHead;
 use crate::upstream::{Conn, InFlight, Upstream};
 use crate::warn_limit::WarnLimit;
 use affinity::{Learn, Lookup, Plan, Target};
@@ -302,111 +299,68 @@ async fn send(
                 prepared.request.headers_mut().insert(header::HOST, host);
             }
         }
-        let result = match exchange(conn, prepared, loc.read_timeout).await {
-            Exchange::Done(resp, answered) => {
-                if let Err(e) = check_response(&resp) {
-                    peer.record_failure(name, &e);
-                    return fail(server, e);
-                }
-                peer.state.record_success();
-                let lease = Lease {
-                    upstream: upstream.clone(),
-                    index,
-                    in_flight,
+        let mut conn = conn;
+        let e = match conn.exchange(prepared.request, loc.read_timeout).await {
+            Ok(answer) => {
+                let reply = Reply {
+                    conn,
+                    answer,
+                    reusable: prepared.reusable,
                 };
-                respond(ctx, resp, lease, answered, plan.learn, upgrade).await
+                let result = answered(ctx, index, in_flight, reply, plan.learn, upgrade).await;
+                return Sent { server, result };
             }
-            Exchange::Stale(req) => {
-                prepared = req;
+            Err(Failure::Stale(request)) => {
+                prepared.request = *request;
                 continue;
             }
-            Exchange::Failed(e) => {
-                if e.is_upstream() {
-                    peer.record_failure(name, &e);
-                }
-                Err(e)
-            }
+            Err(Failure::Upstream(e)) => ProxyError::Upstream(e),
+            Err(Failure::Timeout) => ProxyError::Timeout,
+            Err(Failure::Client(e)) => error::client_fault(&e)
+                .unwrap_or_else(|| ProxyError::Upstream(std::io::Error::other(e))),
         };
-        return Sent { server, result };
+        if e.is_upstream() {
+            peer.record_failure(name, &e);
+        }
+        return fail(server, e);
     }
 }
-
-enum Exchange {
-    Done(Response<Incoming>, Answered),
-    /// A pooled connection had closed before the request went out: try again on a fresh one.
-    Stale(Prepared),
-    Failed(ProxyError),
-}
-
-/// The connection an answer arrived on: its body streams over it, and it goes back to the pool after when
-/// `reusable`.
-struct Answered {
-    conn: Conn,
-    reusable: bool,
-}
-
-/// Sends a request and waits for the answer's head, driving the connection in this task: `read_timeout` counts
-/// from the moment the request body has been sent whole, so time spent waiting on a slow client is never the
-/// server's.
-async fn exchange(mut conn: Conn, prepared: Prepared, read_timeout: Duration) -> Exchange {
-    let Prepared {
-        request,
-        reusable,
-        mut body_sent,
-        host_missing,
-    } = prepared;
-    let answer = conn.sender.try_send_request(request);
-    let mut answer = std::pin::pin!(answer);
-    conn.restart_idle(read_timeout);
-    let answered = poll_fn(|cx| {
-        if let Poll::Ready(r) = conn.poll_with(cx, |cx| answer.as_mut().poll(cx)) {
-            return Poll::Ready(Some(r));
-        }
-        if let Some(sent) = body_sent.as_mut() {
-            // Sent whole, or the body failed (its sender dropped): the server's time starts now.
-            std::task::ready!(Pin::new(sent).poll(cx)).ok();
-            body_sent = None;
-        }
-        conn.poll_idle_expired(cx).map(|()| None)
-    })
-    .await;
-    let Some(answered) = answered else {
-        return Exchange::Failed(ProxyError::Timeout);
+/// Relays the answer server `index` gave: refused when its framing is ambiguous, else the client's response.
+async fn answered(
+    ctx: &Ctx<'_>,
+    index: usize,
+    in_flight: InFlight,
+    reply: Reply,
+    learn: Learn,
+    upgrade: Option<Upgrade>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let upstream = ctx.upstream;
+    let peer = &upstream.peers[index];
+    if let Err(e) = check_response(&reply.answer.head) {
+        peer.record_failure(upstream.name(), &e);
+        return Err(e);
+    }
+    peer.state.record_success();
+    let lease = Lease {
+        upstream: upstream.clone(),
+        index,
+        in_flight,
     };
-    match answered {
-        Ok(resp) => Exchange::Done(resp, Answered { conn, reusable }),
-        Err(mut e) => match e.take_message() {
-            Some(mut request) if conn.reused => {
-                let body_sent = request.body_mut().watch_sent();
-                Exchange::Stale(Prepared {
-                    request,
-                    reusable,
-                    body_sent,
-                    host_missing,
-                })
-            }
-            _ => Exchange::Failed(upstream_error(e.into_error())),
-        },
-    }
+    respond(ctx, lease, reply, learn, upgrade).await
 }
 
-fn upstream_error(e: hyper::Error) -> ProxyError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(s) = source {
-        if let Some(e) = s.downcast_ref::<BodyError>() {
-            if let Some(refused) = error::client_fault(e) {
-                return refused;
-            }
-        }
-        source = s.source();
-    }
-    ProxyError::Upstream(e)
+/// An answer's head and the connection its body is to be read from; the connection goes back to the pool after
+/// when `reusable`.
+struct Reply {
+    conn: Conn,
+    answer: Answer,
+    reusable: bool,
 }
 
 /// Refuses an answer whose length is ambiguous: `Content-Length` beside `Transfer-Encoding` (RFC 9112 §6.3 lets
 /// a proxy pick one; a client or cache behind it might pick the other).
-fn check_response(resp: &Response<Incoming>) -> Result<(), ProxyError> {
-    let h = resp.headers();
+fn check_response(head: &ResponseHead) -> Result<(), ProxyError> {
+    let h = &head.headers;
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
         return Err(ProxyError::BadResponse(
             "Content-Length with Transfer-Encoding",
@@ -418,35 +372,40 @@ fn check_response(resp: &Response<Incoming>) -> Result<(), ProxyError> {
 /// Turns a server's answer into the client's: tunnel on a valid 101, learn sticky sessions, strip hop headers.
 async fn respond(
     ctx: &Ctx<'_>,
-    resp: Response<Incoming>,
     lease: Lease,
-    mut answered: Answered,
+    reply: Reply,
     learn: Learn,
     upgrade: Option<Upgrade>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let read_timeout = ctx.route.location.read_timeout;
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    let head = &reply.answer.head;
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
         let Some(upgrade) = upgrade else {
             return Err(ProxyError::BadUpgrade(
                 "101 to a request that asked for no upgrade",
             ));
         };
-        check_websocket_accept(&resp, upgrade.accept.as_deref())?;
-        // Driven to its end, the connection hands its socket to the upgrade the tunnel waits for.
-        if tokio::time::timeout(read_timeout, answered.conn.finish())
-            .await
-            .is_err()
-        {
-            return Err(ProxyError::Timeout);
-        }
-        return Ok(switch_protocols(ctx, resp, lease, upgrade));
+        check_websocket_accept(&head.headers, upgrade.accept.as_deref())?;
+        return Ok(switch_protocols(ctx, reply, lease, upgrade));
     }
-    let (mut parts, body) = resp.into_parts();
-    let conn = &mut answered.conn;
-    let (prefix, body) = affinity::learn(&lease, conn, &parts, body, learn, read_timeout).await?;
+    let Reply {
+        conn,
+        answer,
+        reusable,
+    } = reply;
+    let Answer {
+        head,
+        body,
+        keep_alive,
+    } = answer;
+    let mut resp = Response::new(());
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = head.headers;
+    let (mut parts, ()) = resp.into_parts();
+    let index = lease.index;
+    let mut body = UpstreamBody::new(conn, body, keep_alive && reusable, lease);
+    affinity::learn(ctx.upstream, index, &mut body, &parts, learn).await?;
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
-    let body = UpstreamBody::new(prefix, body, answered, lease);
     Ok(Response::from_parts(
         parts,
         ResponseBody::Upstream(Box::new(body)),
@@ -455,14 +414,14 @@ async fn respond(
 
 fn switch_protocols(
     ctx: &Ctx<'_>,
-    mut resp: Response<Incoming>,
+    reply: Reply,
     lease: Lease,
     upgrade: Upgrade,
 ) -> Response<ResponseBody> {
-    let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let mut client_resp = Response::new(ResponseBody::empty());
     *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let mut h = resp.headers().clone();
+    let Reply { conn, answer, .. } = reply;
+    let mut h = answer.head.headers;
     headers::strip_hop_by_hop(&mut h);
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -487,7 +446,7 @@ fn switch_protocols(
     let tracker = hold.tracker.clone();
     tracker.spawn(tunnel::serve(
         client_upgrade,
-        upstream_upgrade,
+        Box::new(conn.into_upgraded()),
         idle,
         in_flight,
         log,
@@ -497,11 +456,7 @@ fn switch_protocols(
 }
 
 /// Checks a 101: `Upgrade: websocket` and the accept value matching the client's key.
-fn check_websocket_accept(
-    resp: &Response<Incoming>,
-    expected: Option<&str>,
-) -> Result<(), ProxyError> {
-    let h = resp.headers();
+fn check_websocket_accept(h: &http::HeaderMap, expected: Option<&str>) -> Result<(), ProxyError> {
     let upgrade_ok = h
         .get(header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));

@@ -24,9 +24,6 @@ pub struct Prepared {
     /// May its connection go back to the pool afterwards? Not after an upgrade attempt: a server that refused
     /// one may still treat what follows as tunnel bytes.
     pub reusable: bool,
-    /// Fires once the request body has been sent whole (or given up): the response wait starts then. None when
-    /// there is no body to send.
-    pub body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
     /// The client sent no `Host` (HTTP/1.0): the server's address is sent as one, as nginx's `$proxy_host`.
     pub host_missing: bool,
 }
@@ -352,13 +349,11 @@ pub fn prepare(req: Request<Incoming>, facts: &Facts<'_>, client: &ClientInfo) -
         parts.uri = origin_form(&parts.uri);
     }
     parts.version = Version::HTTP_11;
-    let mut body = RequestBody::new(body, route.location.client_max_body_size, facts.body_idle);
-    let body_sent = body.watch_sent();
+    let body = RequestBody::new(body, route.location.client_max_body_size, facts.body_idle);
     let host_missing = host.is_none();
     Prepared {
         request: Request::from_parts(parts, body),
         reusable: !websocket,
-        body_sent,
         host_missing,
     }
 }

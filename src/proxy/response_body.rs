@@ -5,13 +5,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::request_body::BodyError;
+use crate::upstream::conn::BodyState;
+use crate::upstream::{Conn, InFlight, Upstream};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-
-use super::Answered;
-use crate::request_body::BodyError;
-use crate::upstream::{Conn, InFlight, Upstream};
 
 /// The server a response body comes from, counted in flight until the body is done.
 pub struct Lease {
@@ -22,35 +20,34 @@ pub struct Lease {
 
 /// A response body streamed from a server.
 pub struct UpstreamBody {
+    /// Bytes already read from the body (sticky learning peeks at its start).
     prefix: Option<Bytes>,
-    inner: Incoming,
-    /// The connection the body arrives on, driven by reading the body; its silence deadline is the request's
-    /// `read_timeout`. Taken back to the pool when the body is dropped.
+    /// The connection the body arrives on, read as the client takes the body; its silence deadline is the
+    /// request's `read_timeout`. Back to the pool when the body has been read whole and `reusable`.
     conn: Option<Conn>,
-    /// The connection goes back to the pool once the body has been read to its end.
+    state: BodyState,
     reusable: bool,
     lease: Option<Lease>,
-    ended: bool,
 }
 
 impl UpstreamBody {
-    /// Streams `inner` (after `prefix`, bytes already read from it) from the connection it was answered on.
-    pub(super) fn new(
-        prefix: Option<Bytes>,
-        inner: Incoming,
-        answered: Answered,
-        lease: Lease,
-    ) -> UpstreamBody {
-        let ended = prefix.is_none() && inner.is_end_stream();
-        let Answered { mut conn, reusable } = answered;
+    /// Streams the body of an answer read from `conn`.
+    pub fn new(conn: Conn, state: BodyState, reusable: bool, lease: Lease) -> UpstreamBody {
+        let mut conn = conn;
         conn.progress();
         UpstreamBody {
-            prefix,
-            inner,
+            prefix: None,
             conn: Some(conn),
+            state,
             reusable,
             lease: Some(lease),
-            ended,
+        }
+    }
+
+    /// Puts bytes already taken from the body back in front of it.
+    pub fn set_prefix(&mut self, prefix: Bytes) {
+        if !prefix.is_empty() {
+            self.prefix = Some(prefix);
         }
     }
 
@@ -76,21 +73,17 @@ impl Body for UpstreamBody {
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };
-        let inner = &mut this.inner;
-        match conn.poll_with(cx, |cx| Pin::new(&mut *inner).poll_frame(cx)) {
-            Poll::Ready(Some(Ok(frame))) => {
+        match conn.poll_body(cx, &mut this.state) {
+            Poll::Ready(Some(Ok(data))) => {
                 conn.progress();
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
             Poll::Ready(Some(Err(e))) => {
                 let e = BodyError::Upstream(e);
                 this.fail(&e);
                 Poll::Ready(Some(Err(e)))
             }
-            Poll::Ready(None) => {
-                this.ended = true;
-                Poll::Ready(None)
-            }
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match conn.poll_idle_expired(cx) {
                 Poll::Ready(()) => {
                     let e = BodyError::UpstreamTimeout;
@@ -103,18 +96,19 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.inner.is_end_stream()
+        self.prefix.is_none() && self.state.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
         let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        let inner = self.inner.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + extra);
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + extra);
+        match self.state.remaining() {
+            Some(n) => SizeHint::with_exact(n + extra),
+            None => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(extra);
+                hint
+            }
         }
-        hint
     }
 }
 
@@ -123,12 +117,31 @@ impl Drop for UpstreamBody {
         let Some(lease) = self.lease.take() else {
             return;
         };
-        if !self.reusable || !(self.ended || self.inner.is_end_stream()) {
+        if !self.state.is_done() {
             return;
         }
-        if let Some(conn) = self.conn.take() {
-            lease.upstream.peers[lease.index].pool.put(conn);
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let pool = &lease.upstream.peers[lease.index].pool;
+        let reusable = self.reusable;
+        if conn.sent() {
+            conn.finish_answer(reusable);
+            pool.put(conn);
+            return;
         }
+        // Answered before the client's body was all sent: the rest goes on, as the server may expect it whole,
+        // then the connection can serve again.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = pool.clone();
+        runtime.spawn(async move {
+            if let Some(mut conn) = conn.finish_send().await {
+                conn.finish_answer(reusable);
+                pool.put(conn);
+            }
+        });
     }
 }
 

@@ -25,6 +25,7 @@ use tracing::debug;
 use crate::access_log::{AccessLog, Entry};
 use crate::conn::{ClientStream, ConnHold};
 use crate::deadline::{after, poll_sleep_until};
+use crate::upstream::pool::UpstreamStream;
 use crate::upstream::InFlight;
 
 const SCRATCH: usize = 16 * 1024;
@@ -50,7 +51,7 @@ pub struct TunnelLog {
 /// connection (its slot and its place in the shutdown tracker).
 pub fn serve(
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: Box<(UpstreamStream, Bytes)>,
     idle: Duration,
     in_flight: InFlight,
     log: Option<Box<TunnelLog>>,
@@ -89,13 +90,14 @@ impl<F: Future<Output = Carried>> Future for Task<F> {
     }
 }
 
-/// Joins both upgrades and relays until the tunnel ends. `in_flight` keeps the server counted meanwhile.
+/// Joins the client's upgrade to the server's socket (with the bytes the server sent after its `101`) and relays
+/// until the tunnel ends. `in_flight` keeps the server counted meanwhile.
 ///
 /// An idle tunnel is mostly this future, so it is kept small: the relay is built before it is awaited (nothing
 /// else is held across the tunnel's life) and a rare pairing's relay is boxed.
 pub async fn run(
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: Box<(UpstreamStream, Bytes)>,
     idle: Duration,
     in_flight: InFlight,
 ) -> Carried {
@@ -115,11 +117,10 @@ pub async fn run(
     carried
 }
 
-/// Waits for both upgrades (the client's is ready once its 101 is written) and takes both streams back.
-async fn join(client: OnUpgrade, upstream: OnUpgrade) -> hyper::Result<Pair> {
+/// Waits for the client's upgrade (ready once its 101 is written) and takes its stream back.
+async fn join(client: OnUpgrade, upstream: Box<(UpstreamStream, Bytes)>) -> hyper::Result<Pair> {
     let client = client.await?;
-    let upstream = upstream.await?;
-    Ok(take_back(client, upstream))
+    Ok(take_back(client, *upstream))
 }
 
 /// Any stream the relay can carry, for the uncommon pairings (a TLS upstream, a stream hyper kept wrapped).
@@ -133,15 +134,12 @@ enum Pair {
     Boxed(Side<Box<dyn Stream>>, Side<Box<dyn Stream>>),
 }
 
-/// Takes both streams back from hyper, with the bytes it had read ahead queued for the other side. Its read
-/// buffers are released: even empty, those `Bytes` hold a whole buffer each.
-fn take_back(client: Upgraded, upstream: Upgraded) -> Pair {
+/// Takes the client's stream back from hyper, with the bytes read ahead on either side queued for the other.
+/// hyper's read buffer is released: even empty, its `Bytes` holds a whole buffer.
+fn take_back(client: Upgraded, (upstream, upstream_buf): (UpstreamStream, Bytes)) -> Pair {
     let client = crate::conn::idle_io::take_upgraded(client);
-    let upstream = upstream
-        .downcast::<TokioIo<TcpStream>>()
-        .map(|parts| (parts.io.into_inner(), parts.read_buf));
     match (client, upstream) {
-        (Ok((client, client_buf)), Ok((upstream, upstream_buf))) => Pair::Plain(
+        (Ok((client, client_buf)), UpstreamStream::Tcp(upstream)) => Pair::Plain(
             Side::new(client, &upstream_buf, client_buf.len()),
             Side::new(upstream, &client_buf, upstream_buf.len()),
         ),
@@ -150,10 +148,7 @@ fn take_back(client: Upgraded, upstream: Upgraded) -> Pair {
                 Ok((s, buf)) => (Box::new(s), buf),
                 Err(up) => (Box::new(TokioIo::new(up)), Bytes::new()),
             };
-            let (upstream, upstream_buf): (Box<dyn Stream>, _) = match upstream {
-                Ok((s, buf)) => (Box::new(s), buf),
-                Err(up) => (Box::new(TokioIo::new(up)), Bytes::new()),
-            };
+            let upstream: Box<dyn Stream> = Box::new(upstream);
             Pair::Boxed(
                 Side::new(client, &upstream_buf, client_buf.len()),
                 Side::new(upstream, &client_buf, upstream_buf.len()),

@@ -1,6 +1,7 @@
 //! Upstream groups at run time: their servers with live state, balancers over primaries and backups, and the pick.
 
 pub mod conn;
+pub mod h1;
 pub mod pool;
 pub mod state;
 

@@ -9,11 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use hyper::client::conn::http1::Builder;
-use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
@@ -31,8 +28,6 @@ pub enum ConnectError {
     Io(#[from] io::Error),
     #[error("TLS handshake failed: {0}")]
     Tls(io::Error),
-    #[error("HTTP handshake failed: {0}")]
-    Handshake(#[from] hyper::Error),
 }
 
 /// HTTPS to one server: the client settings and the name its certificate must carry.
@@ -135,15 +130,8 @@ impl Pool {
 
     /// An idle connection that is still open, or a new one.
     pub async fn get(&self, connect_timeout: Duration) -> Result<Conn, ConnectError> {
-        while let Some(mut conn) = self.pop() {
-            conn.reused = true;
-            if conn.sender.is_ready() {
-                return Ok(conn);
-            }
-            // Returned at the end of a response body; the connection turns idle once driven a little further.
-            if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, conn.ready()).await {
-                return Ok(conn);
-            }
+        if let Some(conn) = self.pop() {
+            return Ok(conn);
         }
         self.connect(connect_timeout).await
     }
@@ -210,23 +198,10 @@ impl Pool {
     }
 
     async fn connect(&self, connect_timeout: Duration) -> Result<Conn, ConnectError> {
-        // Each kind of stream keeps its own type so the tunnel can recognize a plain socket.
-        let conn = match self.open(connect_timeout).await? {
-            UpstreamStream::Tcp(s) => handshake(s).await?,
-            UpstreamStream::Tls(s) => handshake(*s).await?,
-        };
+        let conn = Conn::new(self.open(connect_timeout).await?);
         self.connects.inc();
         Ok(conn)
     }
-}
-
-/// Starts HTTP/1.1 on a fresh stream. The connection is driven by whoever uses it (see [`Conn`]).
-async fn handshake<T>(io: T) -> Result<Conn, ConnectError>
-where
-    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, driver) = Builder::new().handshake(TokioIo::new(io)).await?;
-    Ok(Conn::new(sender, Box::pin(driver.with_upgrades())))
 }
 
 #[cfg(test)]
