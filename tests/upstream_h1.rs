@@ -13,7 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A server that answers each request head it reads with what `answer` returns for it (the head's text), and
-/// closes the connection after each answer when `close_after`. It never reads request bodies.
+/// closes the connection after each answer when `close_after`, or once it has been idle for `idle_close`. It
+/// never reads request bodies.
 struct Scripted {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -22,6 +23,14 @@ struct Scripted {
 
 impl Scripted {
     async fn start(answer: fn(&str) -> Vec<u8>, close_after: bool) -> Scripted {
+        Scripted::start_closing_idle(answer, close_after, Duration::from_secs(3600)).await
+    }
+
+    async fn start_closing_idle(
+        answer: fn(&str) -> Vec<u8>,
+        close_after: bool,
+        idle_close: Duration,
+    ) -> Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -36,9 +45,9 @@ impl Scripted {
                     let mut buf = [0u8; 16 * 1024];
                     loop {
                         let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            match s.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => data.extend_from_slice(&buf[..n]),
+                            match tokio::time::timeout(idle_close, s.read(&mut buf)).await {
+                                Err(_) | Ok(Ok(0)) | Ok(Err(_)) => return,
+                                Ok(Ok(n)) => data.extend_from_slice(&buf[..n]),
                             }
                             continue;
                         };
@@ -288,4 +297,46 @@ async fn a_body_of_unknown_length_goes_out_chunked() {
     let head = heads[0].to_ascii_lowercase();
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
     assert!(!head.contains("content-length"), "{head}");
+}
+
+/// An Engine.IO server's answers, enough for the shipped config's health check (an open packet, then the
+/// close of that session), and "ok" to anything else.
+fn engineio_node(head: &str) -> Vec<u8> {
+    let body = if head.starts_with("GET /socket.io/?EIO=4&transport=polling HTTP") {
+        r#"0{"sid":"check-1","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#
+    } else {
+        "ok"
+    };
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_closing_idle_connections_sooner_than_limpet_cost_no_request() {
+    // Node closes an idle keep-alive connection after 5 s (keepAliveTimeout), far sooner than limpet's pool lets
+    // one go: limpet must not lose a request to a connection the server has just closed. Scaled down to 40 ms,
+    // with requests spaced so that many meet a connection at or just past that moment.
+    let idle = Duration::from_millis(40);
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Scripted::start_closing_idle(engineio_node, false, idle).await);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let limpet = Limpet::start(&shipped_config(&addrs, &[]));
+    let gaps = [0u64, 20, 38, 40, 42, 60];
+    let mut failed = Vec::new();
+    for i in 0..60 {
+        tokio::time::sleep(Duration::from_millis(gaps[i % gaps.len()])).await;
+        let resp = request(limpet.addr(), "GET", "/page", &[], bytes::Bytes::new()).await;
+        match resp {
+            Ok(r) if r.status == 200 && r.text() == "ok" => {}
+            other => failed.push(format!("request {i}: {:?}", other.map(|r| r.status))),
+        }
+    }
+    assert!(failed.is_empty(), "{failed:?}");
+    let served: usize = nodes.iter().map(|n| n.heads_for("/page").len()).sum();
+    assert!(served >= 60, "{served} requests reached the servers");
 }
