@@ -450,6 +450,31 @@ run_wrk() {
     say "bench: $proxy $key: $rps req/s, p50 ${p50} ms, p99 ${p99} ms"
 }
 
+# The p50 latency in ms of a wrk --latency output file (empty when it has none).
+wrk_p50() {
+    awk '/^ +50%/ { v = $2; if (v ~ /us$/) v = v * 0.001; else if (v ~ /ms$/) v = v + 0; else if (v ~ /s$/) v = v * 1000; print v; exit }' "$1"
+}
+
+# run_direct_c1: the backend alone, one request at a time, for the TTFB overhead of this round.
+run_direct_c1() {
+    run_waited taskset -c "$LOAD_CORE" wrk -t1 -c1 -d"${DURATION}s" --latency "http://127.0.0.1:$BACKEND_PORT/" \
+        >"$WORK/direct.ttfb.$ROUND.wrk" 2>&1 || true
+}
+
+# run_ttfb PROXY: one connection, one request at a time: the proxy's CPU per request, and its p50 latency above
+# the backend's own (measured alone in the same round): what the proxy adds to the time to first byte.
+run_ttfb() {
+    local proxy=$1 p50 direct
+    run_wrk "$proxy" ttfb / -c1
+    p50=$(wrk_p50 "$WORK/$proxy.ttfb.$ROUND.wrk")
+    direct=$(wrk_p50 "$WORK/direct.ttfb.$ROUND.wrk")
+    if [[ -n $p50 && -n $direct ]]; then
+        record "$proxy" ttfb_over "$(calc "($p50 - $direct) * 1000" 0)"
+    else
+        note "$proxy ttfb: no p50 latency to compare (proxy '${p50}', backend alone '${direct}')"
+    fi
+}
+
 ws_url() { echo "ws://127.0.0.1:$PROXY_PORT/ws"; }
 
 # run_ws_echo PROXY: echo messages/s over $CONNS connections, p99 round trip, CPU µs per message.
@@ -569,7 +594,8 @@ throughput_rounds() {
     for ((round = 1; round <= RUNS; round++)); do
         ROUND=$round
         say "bench: --- round $round of $RUNS ---"
-        for test in get2 get64k close ws; do
+        run_direct_c1
+        for test in get2 get64k close ttfb ws; do
             for ((i = 0; i < n; i++)); do
                 p=${RUN[$(((i + round - 1) % n))]}
                 use_proxy "$p"
@@ -577,6 +603,7 @@ throughput_rounds() {
                     get2) measured "$p" "$test" run_wrk "$p" get2 / ;;
                     get64k) measured "$p" "$test" run_wrk "$p" get64k /64k ;;
                     close) measured "$p" "$test" run_wrk "$p" close / -H "Connection: close" ;;
+                    ttfb) measured "$p" "$test" run_ttfb "$p" ;;
                     ws) measured "$p" "$test" run_ws_echo "$p" ;;
                 esac
             done
