@@ -31,8 +31,6 @@ pub enum ProxyError {
     Timeout,
     #[error("invalid upgrade answer from upstream: {0}")]
     BadUpgrade(&'static str),
-    #[error("invalid response from upstream: {0}")]
-    BadResponse(&'static str),
     #[error("Engine.IO session unknown")]
     SessionUnknown { upgrade: bool },
 }
@@ -50,8 +48,7 @@ impl ProxyError {
             ProxyError::NoServer
             | ProxyError::Connect(_)
             | ProxyError::Upstream(_)
-            | ProxyError::BadUpgrade(_)
-            | ProxyError::BadResponse(_) => StatusCode::BAD_GATEWAY,
+            | ProxyError::BadUpgrade(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }

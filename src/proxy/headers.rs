@@ -58,15 +58,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str().starts_with("proxy-")
 }
 
-/// Does a comma-separated header hold `token` (case-insensitive), in any of its values?
-pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
+pub use crate::upstream::h1::head::has_token;
 
 /// The text of an address as a header value, made once per client connection.
 pub fn ip_value(ip: IpAddr) -> HeaderValue {

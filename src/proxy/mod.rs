@@ -22,7 +22,6 @@ use crate::balance::PickKey;
 use crate::conn::{ClientInfo, HeadCounts};
 use crate::runtime::{Route, Snapshot};
 use crate::upstream::conn::{Answer, Failure};
-use crate::upstream::h1::head::ResponseHead;
 use crate::upstream::{Conn, InFlight, Upstream};
 use crate::warn_limit::WarnLimit;
 use affinity::{Learn, Lookup, Plan, Target};
@@ -275,7 +274,7 @@ async fn send(
         server = Some(index);
         let peer = &upstream.peers[index];
         let in_flight = InFlight::new(peer.state.clone());
-        let conn = match peer.pool.get(loc.connect_timeout).await {
+        let mut conn = match peer.pool.get(loc.connect_timeout).await {
             Ok(conn) => conn,
             Err(e) => {
                 if let Some(held_back) = peer.state.connect_warnings.allow() {
@@ -299,7 +298,6 @@ async fn send(
                 prepared.request.headers_mut().insert(header::HOST, host);
             }
         }
-        let mut conn = conn;
         let e = match conn.exchange(prepared.request, loc.read_timeout).await {
             Ok(answer) => {
                 let reply = Reply {
@@ -325,7 +323,8 @@ async fn send(
         return fail(server, e);
     }
 }
-/// Relays the answer server `index` gave: refused when its framing is ambiguous, else the client's response.
+/// Relays the answer server `index` gave (its framing was checked as it was read: `Content-Length` beside
+/// `Transfer-Encoding` and other ambiguous lengths are refused there).
 async fn answered(
     ctx: &Ctx<'_>,
     index: usize,
@@ -335,12 +334,7 @@ async fn answered(
     upgrade: Option<Upgrade>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let upstream = ctx.upstream;
-    let peer = &upstream.peers[index];
-    if let Err(e) = check_response(&reply.answer.head) {
-        peer.record_failure(upstream.name(), &e);
-        return Err(e);
-    }
-    peer.state.record_success();
+    upstream.peers[index].state.record_success();
     let lease = Lease {
         upstream: upstream.clone(),
         index,
@@ -355,18 +349,6 @@ struct Reply {
     conn: Conn,
     answer: Answer,
     reusable: bool,
-}
-
-/// Refuses an answer whose length is ambiguous: `Content-Length` beside `Transfer-Encoding` (RFC 9112 §6.3 lets
-/// a proxy pick one; a client or cache behind it might pick the other).
-fn check_response(head: &ResponseHead) -> Result<(), ProxyError> {
-    let h = &head.headers;
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(ProxyError::BadResponse(
-            "Content-Length with Transfer-Encoding",
-        ));
-    }
-    Ok(())
 }
 
 /// Turns a server's answer into the client's: tunnel on a valid 101, learn sticky sessions, strip hop headers.

@@ -32,8 +32,7 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     /// Streams the body of an answer read from `conn`.
-    pub fn new(conn: Conn, state: BodyState, reusable: bool, lease: Lease) -> UpstreamBody {
-        let mut conn = conn;
+    pub fn new(mut conn: Conn, state: BodyState, reusable: bool, lease: Lease) -> UpstreamBody {
         conn.progress();
         UpstreamBody {
             prefix: None,

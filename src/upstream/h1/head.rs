@@ -154,19 +154,22 @@ pub fn response_framing(method: &Method, head: &ResponseHead) -> Result<BodyFram
     })
 }
 
+/// Does a comma-separated header hold `token` (case-insensitive), in any of its values?
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// May the connection carry another request after this response (its body read whole)?
 pub fn keeps_alive(head: &ResponseHead, framing: BodyFraming) -> bool {
     if framing == BodyFraming::Close {
         return false;
     }
-    let has = |token: &str| {
-        head.headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let has = |token: &str| has_token(&head.headers, &header::CONNECTION, token);
     match head.version {
         Version::HTTP_10 => has("keep-alive"),
         _ => !has("close"),
