@@ -257,7 +257,7 @@ fn status(app: &App) -> serde_json::Value {
                         "backup": p.spec.backup,
                         "weight": p.spec.weight,
                         "active": p.state.active(),
-                        "tunnels": p.state.metrics.tunnels_active.get(),
+                        "tunnels": p.state.metrics.tunnels_open(),
                         "sticky_sessions": p.state.metrics.sticky_sessions.get(),
                     })
                 })

@@ -54,6 +54,7 @@ impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
         let us = &["upstream", "server"];
+        let usp = &["upstream", "server", "protocol"];
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "limpet_http_request_duration_seconds",
@@ -88,14 +89,14 @@ impl Metrics {
             tunnels_active: gauge(
                 &r,
                 "limpet_websocket_tunnels_active",
-                "Open WebSocket tunnels.",
-                us,
+                "Open WebSocket tunnels, by the client's protocol (h1: Upgrade, h2: extended CONNECT).",
+                usp,
             ),
             tunnels_total: counter(
                 &r,
                 "limpet_websocket_tunnels_total",
-                "WebSocket tunnels opened.",
-                us,
+                "WebSocket tunnels opened, by the client's protocol (h1: Upgrade, h2: extended CONNECT).",
+                usp,
             ),
             sticky_sessions: gauge(
                 &r,
@@ -214,14 +215,37 @@ impl StatusCounters {
     }
 }
 
+/// How the client asked for a WebSocket tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelProtocol {
+    /// An HTTP/1.1 `Upgrade: websocket`.
+    H1 = 0,
+    /// An HTTP/2 extended CONNECT (RFC 8441).
+    H2 = 1,
+}
+
+impl TunnelProtocol {
+    const ALL: [TunnelProtocol; 2] = [TunnelProtocol::H1, TunnelProtocol::H2];
+
+    /// The `protocol` label's value.
+    pub fn label(self) -> &'static str {
+        match self {
+            TunnelProtocol::H1 => "h1",
+            TunnelProtocol::H2 => "h2",
+        }
+    }
+}
+
 /// Per-server handles, resolved once so the hot path records with atomics only.
 #[derive(Clone)]
 pub struct ServerMetrics {
     pub status: StatusCounters,
     pub up: IntGauge,
     pub active: IntGauge,
-    pub tunnels_active: IntGauge,
-    pub tunnels_total: IntCounter,
+    /// By [`TunnelProtocol`].
+    pub tunnels_active: [IntGauge; 2],
+    /// By [`TunnelProtocol`].
+    pub tunnels_total: [IntCounter; 2],
     pub sticky_sessions: IntGauge,
     pub sticky_learned: IntCounter,
     pub checks_ok: IntCounter,
@@ -238,8 +262,14 @@ impl ServerMetrics {
             status: StatusCounters::new(upstream, server),
             up: m.server_up.with_label_values(l),
             active: m.active_connections.with_label_values(l),
-            tunnels_active: m.tunnels_active.with_label_values(l),
-            tunnels_total: m.tunnels_total.with_label_values(l),
+            tunnels_active: TunnelProtocol::ALL.map(|p| {
+                m.tunnels_active
+                    .with_label_values(&[upstream, server, p.label()])
+            }),
+            tunnels_total: TunnelProtocol::ALL.map(|p| {
+                m.tunnels_total
+                    .with_label_values(&[upstream, server, p.label()])
+            }),
             sticky_sessions: m.sticky_sessions.with_label_values(l),
             sticky_learned: m.sticky_learned.with_label_values(l),
             checks_ok: m.health_checks.with_label_values(&[upstream, server, "ok"]),
@@ -255,6 +285,11 @@ impl ServerMetrics {
         self.status.record(status);
     }
 
+    /// Open tunnels of either protocol.
+    pub fn tunnels_open(&self) -> i64 {
+        self.tunnels_active.iter().map(IntGauge::get).sum()
+    }
+
     /// Removes the series of a server that left the config.
     pub fn remove(upstream: &str, server: &str) {
         let m = metrics();
@@ -262,16 +297,19 @@ impl ServerMetrics {
         for c in STATUS_CLASSES {
             let _ = m.http_requests.remove_label_values(&[upstream, server, c]);
         }
-        for g in [
-            &m.server_up,
-            &m.active_connections,
-            &m.tunnels_active,
-            &m.sticky_sessions,
-        ] {
+        for g in [&m.server_up, &m.active_connections, &m.sticky_sessions] {
             let _ = g.remove_label_values(l);
         }
-        for c in [&m.tunnels_total, &m.sticky_learned, &m.upstream_connects] {
+        for c in [&m.sticky_learned, &m.upstream_connects] {
             let _ = c.remove_label_values(l);
+        }
+        for p in TunnelProtocol::ALL {
+            let _ = m
+                .tunnels_active
+                .remove_label_values(&[upstream, server, p.label()]);
+            let _ = m
+                .tunnels_total
+                .remove_label_values(&[upstream, server, p.label()]);
         }
         for r in ["ok", "fail"] {
             let _ = m.health_checks.remove_label_values(&[upstream, server, r]);

@@ -363,7 +363,12 @@ pub struct TlsConfigs {
 pub fn tls_configs(config: &Config) -> Result<TlsConfigs, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut entries: HashMap<SocketAddr, Vec<SniEntry>> = HashMap::new();
+    // The connection layer of an address is its first block's, `http2` included.
+    let mut http2: HashMap<SocketAddr, bool> = HashMap::new();
     for (i, block) in config.servers.iter().enumerate() {
+        for addr in &block.listen {
+            http2.entry(*addr).or_insert(block.h2.over_tls);
+        }
         let Some(files) = &block.tls else { continue };
         match tls::load_certified_key(files) {
             Ok(key) => {
@@ -382,7 +387,8 @@ pub fn tls_configs(config: &Config) -> Result<TlsConfigs, Vec<Problem>> {
     }
     let mut out = TlsConfigs::default();
     for (addr, list) in entries {
-        match tls::server_config(list) {
+        let h2 = http2.get(&addr).copied().unwrap_or(true);
+        match tls::server_config(list, h2) {
             Ok(c) => {
                 out.listeners.insert(addr, c);
             }

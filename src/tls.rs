@@ -18,6 +18,8 @@ use crate::config::TlsFiles;
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 const ALPN_HTTP11: &[u8] = b"http/1.1";
+/// ALPN name of HTTP/2 over TLS.
+pub const ALPN_H2: &[u8] = b"h2";
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
@@ -118,17 +120,21 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// A server config for one listen address. Each entry is (server names, key); SNI picks the
 /// entry whose name matches (exact, or `*.example.com` / `.example.com` wildcard, most specific
-/// first); the first entry serves when SNI is absent or matches nothing. ALPN `http/1.1`,
-/// TLS 1.2 and 1.3 only.
+/// first); the first entry serves when SNI is absent or matches nothing. ALPN `h2` (when `http2`) and
+/// `http/1.1`, TLS 1.2 and 1.3 only.
 pub fn server_config(
     entries: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+    http2: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let resolver = SniResolver::new(entries)?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    config.alpn_protocols = match http2 {
+        true => vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()],
+        false => vec![ALPN_HTTP11.to_vec()],
+    };
     Ok(Arc::new(config))
 }
 
@@ -380,10 +386,13 @@ hYqgIUbCr7Z0qXdHoy7MhNYRyxKTZJGduQ==
             let a = load_certified_key(&self.a).unwrap();
             let b = load_certified_key(&self.b).unwrap();
             let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
-            server_config(vec![
-                (names(&["a.example.com"]), a),
-                (names(&["*.b.example.com", "b.example.com"]), b),
-            ])
+            server_config(
+                vec![
+                    (names(&["a.example.com"]), a),
+                    (names(&["*.b.example.com", "b.example.com"]), b),
+                ],
+                true,
+            )
             .unwrap()
         }
     }
@@ -494,13 +503,13 @@ hYqgIUbCr7Z0qXdHoy7MhNYRyxKTZJGduQ==
     #[test]
     fn server_config_rejects_bad_input() {
         assert!(matches!(
-            server_config(vec![]),
+            server_config(vec![], true),
             Err(TlsError::NoCertificate)
         ));
         let dir = tempfile::tempdir().unwrap();
         let key = load_certified_key(&write_pair(&dir, "ec", EC_CERT, EC_SEC1_KEY)).unwrap();
         for bad in ["", "*.", "www.*", "~^api", "a..b", "*.*.x"] {
-            let res = server_config(vec![(vec![bad.to_string()], key.clone())]);
+            let res = server_config(vec![(vec![bad.to_string()], key.clone())], true);
             assert!(
                 matches!(res, Err(TlsError::BadServerName { .. })),
                 "{bad:?}"

@@ -80,7 +80,22 @@ pub struct ServerBlock {
     pub client_header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub max_header_bytes: usize,
+    /// HTTP/2 settings of the client side.
+    pub h2: Http2,
     pub locations: Vec<Location>,
+}
+
+/// How a listener speaks HTTP/2 to clients (every stream still goes to the fleet as HTTP/1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2 {
+    /// TLS listeners offer `h2` by ALPN.
+    pub over_tls: bool,
+    /// Plaintext listeners accept HTTP/2 with prior knowledge.
+    pub h2c: bool,
+    /// RFC 8441 extended CONNECT (`:protocol = websocket`), relayed to the server as an HTTP/1.1 Upgrade.
+    pub websocket: bool,
+    /// Streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
 }
 
 /// A certificate chain file and its private key file, both PEM (loaded by [`crate::tls`]).

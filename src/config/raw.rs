@@ -45,6 +45,10 @@ pub struct RawServer {
     pub client_header_timeout: Option<String>,
     pub keepalive_timeout: Option<String>,
     pub max_header_bytes: Option<i64>,
+    pub http2: Option<bool>,
+    pub h2c: Option<bool>,
+    pub websocket_over_h2: Option<bool>,
+    pub max_concurrent_streams: Option<i64>,
     #[serde(default)]
     pub location: Vec<RawLocation>,
 }

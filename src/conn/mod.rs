@@ -4,6 +4,7 @@
 pub mod head_scan;
 pub mod idle_io;
 pub mod slots;
+pub mod streams;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,4 +40,6 @@ pub struct ConnHold {
     pub permit: slots::Permit,
     /// Its place under `max_connections_per_ip`, when the listener has one.
     pub _per_ip: Option<slots::IpPermit>,
+    /// The open streams of an HTTP/2 connection (None on HTTP/1.1).
+    pub streams: Option<Arc<streams::Streams>>,
 }

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use crate::access_log::{AccessLog, Entry, Logged};
 use crate::balance::PickKey;
 use crate::conn::{ClientInfo, HeadCounts};
+use crate::metrics::TunnelProtocol;
 use crate::runtime::{Route, Snapshot};
 use crate::upstream::conn::{Answer, Failure};
 use crate::upstream::{Conn, InFlight, Upstream};
@@ -57,10 +58,14 @@ pub async fn handle(
     trail.record(&response, started);
     // A tunnel writes its own line when it ends.
     let entry = request_line
-        .filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS)
+        .filter(|_| response.extensions().get::<TunnelOpened>().is_none())
         .map(|line| trail.entry(client, started, line, response.status()));
     response.map(|body| log.wrap(entry, body))
 }
+
+/// Marks the answer that opened a tunnel (a 101 on HTTP/1.1, a 200 to an extended CONNECT on HTTP/2).
+#[derive(Clone, Copy)]
+pub struct TunnelOpened;
 
 /// Who asked, and what its access log line needs.
 struct Requester<'a> {
@@ -180,7 +185,13 @@ async fn forward(
         }
     };
     let upgrade = facts.websocket.then(|| Upgrade {
-        client: hyper::upgrade::on(&mut req),
+        client: tunnel::ClientEnd {
+            upgrade: hyper::upgrade::on(&mut req),
+            protocol: match facts.h2_websocket_key {
+                Some(_) => TunnelProtocol::H2,
+                None => TunnelProtocol::H1,
+            },
+        },
         accept: facts.accept.clone(),
     });
     let key = match &facts.hash_key {
@@ -235,7 +246,7 @@ struct LogLine<'a> {
 
 /// The client half of a WebSocket upgrade and the accept value its server must answer.
 struct Upgrade {
-    client: hyper::upgrade::OnUpgrade,
+    client: tunnel::ClientEnd,
     accept: Option<String>,
 }
 
@@ -369,6 +380,17 @@ async fn respond(
         check_websocket_accept(&head.headers, upgrade.accept.as_deref())?;
         return Ok(switch_protocols(ctx, reply, lease, upgrade));
     }
+    // On HTTP/2 a 2xx to the CONNECT opens the tunnel: a server that answered the upgrade with one did not
+    // switch protocols.
+    if head.status.is_success()
+        && upgrade
+            .as_ref()
+            .is_some_and(|u| u.client.protocol == TunnelProtocol::H2)
+    {
+        return Err(ProxyError::BadUpgrade(
+            "success without 101 to a WebSocket upgrade",
+        ));
+    }
     let Reply {
         conn,
         answer,
@@ -394,6 +416,8 @@ async fn respond(
     ))
 }
 
+/// Answers the client's upgrade (101 on HTTP/1.1; 200 on HTTP/2, without the HTTP/1.1 handshake's headers) and
+/// starts the tunnel, which begins once that answer is out.
 fn switch_protocols(
     ctx: &Ctx<'_>,
     reply: Reply,
@@ -401,13 +425,23 @@ fn switch_protocols(
     upgrade: Upgrade,
 ) -> Response<ResponseBody> {
     let mut client_resp = Response::new(ResponseBody::empty());
-    *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let Reply { conn, answer, .. } = reply;
     let mut h = answer.head.headers;
     headers::strip_hop_by_hop(&mut h);
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    match upgrade.client.protocol {
+        TunnelProtocol::H1 => {
+            *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        TunnelProtocol::H2 => {
+            *client_resp.status_mut() = StatusCode::OK;
+            h.remove(header::SEC_WEBSOCKET_ACCEPT);
+            h.remove(header::CONTENT_LENGTH);
+        }
+    }
     *client_resp.headers_mut() = h;
+    client_resp.extensions_mut().insert(TunnelOpened);
     let idle = ctx.route.location.read_timeout;
     let hold = ctx.from.client.hold.clone();
     let log = ctx.log_line.map(|l| {
@@ -417,7 +451,7 @@ fn switch_protocols(
             lookup: l.lookup,
             client_ip: Some(l.client_ip),
         };
-        let status = StatusCode::SWITCHING_PROTOCOLS;
+        let status = client_resp.status();
         let entry = trail.entry(ctx.from.client, ctx.from.started, l.line.clone(), status);
         Box::new(tunnel::TunnelLog {
             log: ctx.from.log.clone(),

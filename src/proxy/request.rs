@@ -46,7 +46,7 @@ fn host(req: &Request<Incoming>) -> Result<Option<Authority>, ProxyError> {
         return Ok(Some(authority.clone()));
     }
     let Some(value) = first else {
-        return if req.version() == Version::HTTP_11 {
+        return if req.version() >= Version::HTTP_11 {
             Err(ProxyError::BadRequest("missing Host header"))
         } else {
             Ok(None)
@@ -174,7 +174,32 @@ fn source(client: &ClientInfo, trusted: &[Cidr], headers: &http::HeaderMap) -> S
     }
 }
 
-/// Is this a WebSocket opening handshake (GET, `Connection: upgrade`, `Upgrade: websocket`, a key)?
+/// Is this an HTTP/2 WebSocket opening (RFC 8441: an extended CONNECT with `:protocol = websocket`)? hyper
+/// lets `:protocol` through only on listeners with `websocket_over_h2`.
+fn wants_h2_websocket(req: &Request<Incoming>) -> bool {
+    req.method() == Method::CONNECT
+        && req.version() == Version::HTTP_2
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// A fresh `Sec-WebSocket-Key` (16 random bytes, base64), for the HTTP/1.1 upgrade an HTTP/2 WebSocket opening
+/// becomes.
+fn new_websocket_key() -> Result<String, ProxyError> {
+    use base64::Engine as _;
+    let mut nonce = [0u8; 16];
+    getrandom::getrandom(&mut nonce).map_err(|_| {
+        ProxyError::Refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no randomness for a WebSocket key",
+        )
+    })?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(nonce))
+}
+
+/// Is this an HTTP/1.1 WebSocket opening handshake (GET, `Connection: upgrade`, `Upgrade: websocket`, a key)?
 fn wants_websocket(req: &Request<Incoming>) -> bool {
     let h = req.headers();
     req.method() == Method::GET
@@ -243,6 +268,8 @@ pub struct Facts<'s> {
     pub content_length: Option<u64>,
     /// A WebSocket opening handshake.
     pub websocket: bool,
+    /// The `Sec-WebSocket-Key` limpet sends for an HTTP/2 WebSocket opening (whose client sent none).
+    pub h2_websocket_key: Option<String>,
     /// The `Sec-WebSocket-Accept` its server must answer (a WebSocket handshake's).
     pub accept: Option<String>,
     /// What `balance = "hash"` hashes, when its key is not the client address.
@@ -266,7 +293,8 @@ pub fn read<'s>(
     req: &Request<Incoming>,
     head: Option<HeadCounts>,
 ) -> Result<Facts<'s>, ProxyError> {
-    if req.method() == Method::CONNECT {
+    let h2_websocket = wants_h2_websocket(req);
+    if req.method() == Method::CONNECT && !h2_websocket {
         return Err(ProxyError::MethodNotAllowed);
     }
     let sites = snap
@@ -278,13 +306,19 @@ pub fn read<'s>(
     let host = host(req)?;
     let site = sites.site(host.as_ref().map(Authority::host));
     let route = site.route(req.uri().path()).ok_or(ProxyError::NoRoute)?;
-    let websocket = wants_websocket(req);
+    let h2_websocket_key = h2_websocket.then(new_websocket_key).transpose()?;
+    let websocket = h2_websocket || wants_websocket(req);
+    let accept = match &h2_websocket_key {
+        Some(key) => Some(accept_key(key.as_bytes())),
+        None => websocket.then(|| expected_accept(req)).flatten(),
+    };
     Ok(Facts {
         route,
         source: source(client, &site.block.trusted_proxies, req.headers()),
         content_length: content_length(req),
         websocket,
-        accept: websocket.then(|| expected_accept(req)).flatten(),
+        h2_websocket_key,
+        accept,
         hash_key: hash_key(&route.upstream, req),
         body_idle: sites.block().client_header_timeout,
     })
@@ -308,9 +342,15 @@ pub fn prepare(req: Request<Incoming>, facts: &Facts<'_>, client: &ClientInfo) -
         .contains_key(header::CONTENT_LENGTH)
         .then(|| body.size_hint().exact())
         .flatten();
-    let upgrade = websocket
-        .then(|| parts.headers.get(header::UPGRADE).cloned())
-        .flatten();
+    let upgrade = match &facts.h2_websocket_key {
+        Some(key) => Some(h2_websocket_to_h1(&mut parts, key)),
+        None => websocket
+            .then(|| parts.headers.get(header::UPGRADE).cloned())
+            .flatten(),
+    };
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
     parts.headers.remove(header::CONTENT_LENGTH);
     // Room for the forwarding headers, so adding them grows the map once at most.
     parts.headers.reserve(5);
@@ -355,6 +395,40 @@ pub fn prepare(req: Request<Incoming>, facts: &Facts<'_>, client: &ClientInfo) -
         request: Request::from_parts(parts, body),
         reusable: !websocket,
         host_missing,
+    }
+}
+
+/// Turns an HTTP/2 WebSocket opening (extended CONNECT) into the head of an HTTP/1.1 one: GET, limpet's key,
+/// version 13 when the client named none. Returns the `Upgrade` value to send.
+fn h2_websocket_to_h1(parts: &mut http::request::Parts, key: &str) -> HeaderValue {
+    parts.method = Method::GET;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    if let Ok(key) = HeaderValue::from_str(key) {
+        parts.headers.insert(header::SEC_WEBSOCKET_KEY, key);
+    }
+    if !parts.headers.contains_key(header::SEC_WEBSOCKET_VERSION) {
+        parts.headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+    HeaderValue::from_static("websocket")
+}
+
+/// HTTP/2 may split `Cookie` into one field per cookie; HTTP/1.1 wants one line, joined with "; "
+/// (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
     }
 }
 

@@ -23,8 +23,10 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::access_log::{AccessLog, Entry};
+use crate::conn::streams::StreamGuard;
 use crate::conn::{ClientStream, ConnHold};
 use crate::deadline::{after, poll_sleep_until};
+use crate::metrics::TunnelProtocol;
 use crate::upstream::pool::UpstreamStream;
 use crate::upstream::InFlight;
 
@@ -47,20 +49,28 @@ pub struct TunnelLog {
     pub entry: Entry,
 }
 
+/// The client's end of a tunnel: its upgrade (an HTTP/1.1 connection after its 101, or an HTTP/2 stream after
+/// its 200) and how it asked.
+pub struct ClientEnd {
+    pub upgrade: OnUpgrade,
+    pub protocol: TunnelProtocol,
+}
+
 /// A tunnel's task: relays until the tunnel ends, then writes its access log line and lets go of its client
-/// connection (its slot and its place in the shutdown tracker).
+/// connection (its slot, its place in the shutdown tracker and, on HTTP/2, its open stream).
 pub fn serve(
-    client: OnUpgrade,
+    client: ClientEnd,
     upstream: Box<(UpstreamStream, Bytes)>,
     idle: Duration,
     in_flight: InFlight,
     log: Option<Box<TunnelLog>>,
     hold: Arc<ConnHold>,
 ) -> Task<impl Future<Output = Carried>> {
+    let stream = hold.streams.as_ref().map(|s| s.open());
     Task {
         relay: run(client, upstream, idle, in_flight),
         log,
-        hold: Some(hold),
+        hold: Some((hold, stream)),
     }
 }
 
@@ -71,7 +81,7 @@ pin_project_lite::pin_project! {
         #[pin]
         relay: F,
         log: Option<Box<TunnelLog>>,
-        hold: Option<Arc<ConnHold>>,
+        hold: Option<(Arc<ConnHold>, Option<StreamGuard>)>,
     }
 }
 
@@ -96,15 +106,16 @@ impl<F: Future<Output = Carried>> Future for Task<F> {
 /// An idle tunnel is mostly this future, so it is kept small: the relay is built before it is awaited (nothing
 /// else is held across the tunnel's life) and a rare pairing's relay is boxed.
 pub async fn run(
-    client: OnUpgrade,
+    client: ClientEnd,
     upstream: Box<(UpstreamStream, Bytes)>,
     idle: Duration,
     in_flight: InFlight,
 ) -> Carried {
     let metrics = &in_flight.state().metrics;
-    metrics.tunnels_total.inc();
-    metrics.tunnels_active.inc();
-    let tunnel = match join(client, upstream).await {
+    let protocol = client.protocol as usize;
+    metrics.tunnels_total[protocol].inc();
+    metrics.tunnels_active[protocol].inc();
+    let tunnel = match join(client.upgrade, upstream).await {
         Ok(Pair::Plain(a, b)) => Some(Either::Left(relay(a, b, idle))),
         Ok(Pair::Boxed(a, b)) => Some(Either::Right(Box::pin(relay(a, b, idle)))),
         Err(e) => {
@@ -113,7 +124,7 @@ pub async fn run(
         }
     };
     let carried = OptionFuture::from(tunnel).await.unwrap_or_default();
-    metrics.tunnels_active.dec();
+    metrics.tunnels_active[protocol].dec();
     carried
 }
 

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod client;
 pub mod eio;
 mod encode;
+pub mod h2;
 pub mod in_process;
 pub mod metrics;
 pub mod node;

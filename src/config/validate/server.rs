@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue};
 use super::Checker;
 use crate::config::raw::{RawLocation, RawServer, RawTls};
 use crate::config::units::parse_size;
-use crate::config::{Location, ServerBlock, TlsFiles, Upstream};
+use crate::config::{Http2, Location, ServerBlock, TlsFiles, Upstream};
 
 const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
@@ -18,6 +18,7 @@ const DEFAULT_MAX_HEADER_BYTES: i64 = 16_384;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_CLIENT_MAX_BODY: u64 = 1 << 20;
+const DEFAULT_MAX_CONCURRENT_STREAMS: i64 = 128;
 /// Socket.IO's default pingInterval + pingTimeout: a shorter read timeout cuts long-polls and idle WebSockets.
 const SOCKETIO_PING_WINDOW: Duration = Duration::from_secs(45);
 
@@ -92,6 +93,7 @@ fn server_block(
         DEFAULT_MAX_HEADER_BYTES,
         1024..=1 << 20,
     ) as usize;
+    let h2 = http2(c, path, s);
     if s.location.is_empty() {
         c.error(
             format!("{path}.location"),
@@ -117,7 +119,30 @@ fn server_block(
         client_header_timeout,
         keepalive_timeout,
         max_header_bytes,
+        h2,
         locations,
+    }
+}
+
+fn http2(c: &mut Checker, path: &str, s: &RawServer) -> Http2 {
+    let h2c = s.h2c.unwrap_or(false);
+    if h2c && s.tls.is_some() {
+        c.warn(
+            format!("{path}.h2c"),
+            "has no effect on a TLS listener (HTTP/2 is offered there by ALPN: http2 = true)",
+        );
+    }
+    let max_concurrent_streams = c.at(path).int(
+        "max_concurrent_streams",
+        s.max_concurrent_streams,
+        DEFAULT_MAX_CONCURRENT_STREAMS,
+        1..=65_536,
+    ) as u32;
+    Http2 {
+        over_tls: s.http2.unwrap_or(true),
+        h2c,
+        websocket: s.websocket_over_h2.unwrap_or(true),
+        max_concurrent_streams,
     }
 }
 

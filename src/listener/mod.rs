@@ -1,7 +1,10 @@
-//! Client connections: bind, accept, PROXY protocol, TLS handshake, HTTP/1.1 serving, graceful drain.
+//! Client connections: bind, accept, PROXY protocol, TLS handshake, HTTP/1.1 serving (HTTP/2 in [`h2`]),
+//! graceful drain.
 //!
 //! Each listen address has its own accept task, so a reload can add and remove addresses while the sockets of
 //! unchanged ones keep accepting.
+
+mod h2;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,6 +26,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::config::{canonical_ip, Cidr};
 use crate::conn::idle_io::{Busy, ConnPhase, IdleIo, Limits};
 use crate::conn::slots::{Admitted, Clock, PerIp, Permit, Reuse, Slots};
+use crate::conn::streams::Streams;
 use crate::conn::{ClientInfo, ClientStream, ConnHold};
 use crate::deadline::after;
 use crate::proxy;
@@ -301,12 +305,18 @@ async fn serve(shared: Shared, conn: Accepted) {
             }
         },
     };
-    let (io, https) = match tls {
-        None => (ClientStream::Tcp(stream), false),
+    let (io, https, http2) = match tls {
+        None => {
+            let http2 = settings.h2.h2c && h2::sends_preface(&stream, deadline).await;
+            (ClientStream::Tcp(stream), false, http2)
+        }
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => (ClientStream::Tls(Box::new(s)), true),
+                Ok(Ok(s)) => {
+                    let http2 = s.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
+                    (ClientStream::Tls(Box::new(s)), true, http2)
+                }
                 Ok(Err(e)) => {
                     debug!(error = %e, "TLS handshake failed");
                     return;
@@ -318,6 +328,11 @@ async fn serve(shared: Shared, conn: Accepted) {
             }
         }
     };
+    let streams = http2.then(|| Arc::new(Streams::default()));
+    if http2 {
+        // An HTTP/2 connection is never closed to make room: its streams are not seen one by one.
+        permit.not_reusable();
+    }
     let reuse = (reuse, permit.clock());
     let client = ClientInfo {
         peer,
@@ -328,8 +343,13 @@ async fn serve(shared: Shared, conn: Accepted) {
             tracker: shared.tracker.clone(),
             permit,
             _per_ip: per_ip,
+            streams: streams.clone(),
         }),
     };
+    if let Some(streams) = streams {
+        let serving = h2::serve(shared, settings, io, client, streams, started);
+        return Box::pin(serving).await;
+    }
     // Boxed: the served connection's future is large, and a task's future is copied whole when it is spawned,
     // finished and dropped; this one stays small until the connection is accepted.
     Box::pin(serve_http(shared, settings, io, client, started, reuse)).await;
@@ -397,6 +417,7 @@ struct ConnSettings {
     max_connections_per_ip: usize,
     limits: Limits,
     max_header_bytes: usize,
+    h2: crate::config::Http2,
 }
 
 impl ConnSettings {
@@ -410,6 +431,7 @@ impl ConnSettings {
                 keepalive_timeout: block.keepalive_timeout,
             },
             max_header_bytes: block.max_header_bytes,
+            h2: block.h2,
         }
     }
 }
@@ -465,6 +487,7 @@ async fn serve_http(
     }
 }
 
+/// Logs why a client connection ended, when it was an error.
 fn log_conn_end(r: Result<(), hyper::Error>) {
     if let Err(e) = r {
         debug!(error = %e, "client connection ended with an error");

@@ -1,0 +1,154 @@
+//! HTTP/2 client connections (ALPN `h2` on TLS listeners, prior knowledge on plaintext ones with `h2c`): hyper's
+//! HTTP/2 server frames the streams, and every stream goes through the same request path as HTTP/1.1.
+//!
+//! Deadlines: a connection that has carried no stream for `keepalive_timeout` (or, before its first stream, for
+//! `client_header_timeout`) is sent GOAWAY and closed; a peer that does not finish closing within
+//! `client_header_timeout` more is cut. Shutdown sends GOAWAY and lets open streams finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::{log_conn_end, ConnSettings, Shared};
+use crate::conn::streams::Streams;
+use crate::conn::{ClientInfo, ClientStream};
+use crate::deadline::after;
+use crate::proxy;
+use crate::proxy::response_body::Held;
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Does a plaintext peer open with the HTTP/2 preface? Looked at without taking the bytes; waits (up to
+/// `deadline`) only while what arrived so far could still be one.
+pub(super) async fn sends_preface(stream: &TcpStream, deadline: Instant) -> bool {
+    /// A peer that stops inside the preface is looked at again after this.
+    const RECHECK: Duration = Duration::from_millis(10);
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        if buf[..n] != PREFACE[..n] {
+            return false;
+        }
+        if n == PREFACE.len() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(RECHECK.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// Runs hyper's tasks for a connection (its streams, and the tunnels extended CONNECTs become) under the
+/// shutdown tracker.
+#[derive(Clone)]
+struct Tracked(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for Tracked
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
+/// Serves an HTTP/2 connection until the client ends it, it idles out, or the process shuts down.
+pub(super) async fn serve(
+    shared: Shared,
+    settings: ConnSettings,
+    io: ClientStream,
+    client: ClientInfo,
+    streams: Arc<Streams>,
+    started: Instant,
+) {
+    let snapshots = shared.snapshot.clone();
+    let client = Arc::new(client);
+    let opened = streams.clone();
+    let service = service_fn(move |req| {
+        let stream = opened.open();
+        let snapshots = snapshots.clone();
+        let client = client.clone();
+        async move {
+            let resp = proxy::handle(snapshots.load_full(), &client, req, None).await;
+            Ok::<_, Infallible>(resp.map(|body| Held::new(body, stream)))
+        }
+    });
+    let h2 = settings.h2;
+    let mut builder = http2::Builder::new(Tracked(shared.tracker.clone()));
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(None);
+    if h2.websocket {
+        builder.enable_connect_protocol();
+    }
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut stop = shared.stopping.clone();
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let limits = settings.limits;
+    tokio::select! {
+        r = conn.as_mut() => log_conn_end(r),
+        _ = stopped => {
+            conn.as_mut().graceful_shutdown();
+            log_conn_end(conn.await);
+        }
+        _ = idle_out(&streams, started, limits.header_timeout, limits.keepalive_timeout) => {
+            debug!("HTTP/2 connection idle: closing");
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(limits.header_timeout, conn).await {
+                Ok(r) => log_conn_end(r),
+                Err(_) => debug!("HTTP/2 connection did not close after GOAWAY: cut"),
+            }
+        }
+    }
+}
+
+/// Resolves once the connection has had no open stream for `keepalive` (for `first` from `started`, before
+/// its first stream). A zero `keepalive` closes a connection as soon as it has no stream.
+async fn idle_out(streams: &Streams, started: Instant, first: Duration, keepalive: Duration) {
+    let mut idle_since = Some((started, first));
+    loop {
+        match idle_since {
+            Some((since, limit)) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(after(since, limit)) => {
+                        if streams.count() == 0 {
+                            return;
+                        }
+                        idle_since = None;
+                    }
+                    _ = streams.changed() => {
+                        if streams.count() != 0 {
+                            idle_since = None;
+                        }
+                    }
+                }
+            }
+            None => {
+                streams.changed().await;
+                if streams.count() == 0 {
+                    idle_since = Some((Instant::now(), keepalive));
+                }
+            }
+        }
+    }
+}
