@@ -15,94 +15,10 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { chromium } = require('playwright-core');
-const { Proc, freePort, eventually } = require('./procs');
+const { startRedis, startNode, startLimpet, allNodesUp, get, tabState, launchChromium, NODE_IDS, WAIT_MS, ARTIFACTS } =
+  require('./fleet');
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const TARGET = process.env.CARGO_TARGET_DIR ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const ARTIFACTS = process.env.LIMPET_ARTIFACTS || path.join(TARGET, 'browser-test');
-const NODE_IDS = ['n1', 'n2', 'n3'];
 const TABS = 3;
-const WAIT_MS = 20_000;
-
-function limpetBinary() {
-  if (process.env.LIMPET_BIN) return process.env.LIMPET_BIN;
-  const found = ['debug', 'release'].map((p) => path.join(TARGET, p, 'limpet')).find((p) => fs.existsSync(p));
-  if (!found) throw new Error(`no limpet binary under ${TARGET}: run cargo build (scripts/browser-test.sh does)`);
-  return found;
-}
-
-/** redis-server on a free loopback port, retried if another process takes the port first. */
-async function startRedis(dir) {
-  for (let attempt = 1; ; attempt++) {
-    const port = await freePort();
-    const redis = new Proc('redis', 'redis-server', [
-      '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir,
-    ]);
-    try {
-      await redis.waitFor(/Ready to accept connections/, WAIT_MS, 'redis ready');
-      return { redis, url: `redis://127.0.0.1:${port}` };
-    } catch (e) {
-      await redis.stop();
-      if (attempt >= 5 || !redis.lines.some((l) => l.includes('Address already in use'))) throw e;
-    }
-  }
-}
-
-/** A chat node on a free port (it binds port 0 and prints the port it got). */
-async function startNode(id, redisUrl) {
-  const node = new Proc(`chat ${id}`, process.execPath, [path.join(ROOT, 'examples', 'chat', 'server.js')], {
-    env: { ...process.env, PORT: '0', HOST: '127.0.0.1', NODE_ID: id, REDIS_URL: redisUrl },
-  });
-  const m = await node.waitFor(/listening on http:\/\/127\.0\.0\.1:(\d+)\//, WAIT_MS, 'listening line');
-  return { node, id, addr: `127.0.0.1:${m[1]}` };
-}
-
-/** The shipped config/limpet.toml with its listener, admin and node addresses replaced. */
-function limpetConfig(nodeAddrs) {
-  let toml = fs.readFileSync(path.join(ROOT, 'config', 'limpet.toml'), 'utf8');
-  const swaps = [
-    ['"127.0.0.1:8080"', '"127.0.0.1:0"'],
-    ['"127.0.0.1:9100"', '"127.0.0.1:0"'],
-    ...nodeAddrs.map((addr, i) => [`"127.0.0.1:${3001 + i}"`, `"${addr}"`]),
-  ];
-  for (const [from, to] of swaps) {
-    assert.ok(toml.includes(from), `config/limpet.toml no longer contains ${from}: update the browser test`);
-    toml = toml.replace(from, to);
-  }
-  return toml;
-}
-
-async function startLimpet(dir, nodeAddrs) {
-  const config = path.join(dir, 'limpet.toml');
-  fs.writeFileSync(config, limpetConfig(nodeAddrs));
-  const limpet = new Proc('limpet', limpetBinary(), ['-c', config], { env: { ...process.env, RUST_LOG: 'info' } });
-  const listen = await limpet.waitFor(/ listening listen=\S+ local=(\S+)/, WAIT_MS, 'listening line');
-  const admin = await limpet.waitFor(/admin listening .*local=(\S+)/, WAIT_MS, 'admin listening line');
-  return { limpet, url: `http://${listen[1]}`, admin: `http://${admin[1]}` };
-}
-
-async function get(url) {
-  const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
-  return { status: res.status, headers: res.headers, body: await res.text() };
-}
-
-/** What a tab shows about its connection. */
-function tabState(page) {
-  return page.evaluate(() => {
-    const text = (id) => document.getElementById(id).textContent.trim();
-    return {
-      pageNode: text('page-node'),
-      sessionNode: text('session-node'),
-      sid: text('sid'),
-      transport: text('transport'),
-      connects: Number(text('connects')),
-      joined: text('joined'),
-      status: text('status'),
-    };
-  });
-}
 
 test('a chat message reaches three long-polling tabs on different nodes through limpet', { timeout: 120_000 }, async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'limpet-browser-'));
@@ -119,29 +35,12 @@ test('a chat message reaches three long-polling tabs on different nodes through 
     procs.push(limpet);
 
     // Active health checks put every node in service; only then can sessions spread over the three.
-    await eventually(WAIT_MS, 'limpet to mark all three nodes up', async () => {
-      const { body } = await get(`${admin}/metrics`);
-      const up = body.split('\n').filter((l) => l.startsWith('limpet_upstream_server_up{') && l.trim().endsWith(' 1'));
-      return nodes.every((n) => up.some((l) => l.includes(`"${n.addr}"`)));
-    });
+    await allNodesUp(admin, nodes);
     const home = await get(`${url}/`);
     assert.equal(home.status, 200, 'the chat page through limpet');
     assert.ok(NODE_IDS.includes(home.headers.get('x-chat-node')), `page served by a chat node: ${home.headers.get('x-chat-node')}`);
 
-    context = await chromium.launchPersistentContext(path.join(dir, 'profile'), {
-      executablePath: CHROMIUM,
-      headless: true,
-      viewport: { width: 900, height: 720 },
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--no-first-run',
-        '--disable-quic',
-      ],
-    });
+    context = await launchChromium(dir);
 
     // One tab at a time, each connected and in the room before the next opens, as three people would.
     const room = `browser-${process.pid}`;
