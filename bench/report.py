@@ -24,6 +24,12 @@ ROWS = [
     ("ttfb_over", "GET 2 B one at a time (c1): latency added, us", "lower", 0),
     ("ttfb_cpu", "  proxy CPU, us/req", "lower", 2),
     ("ttfb_sys", "    of which kernel, us/req", "lower", 2),
+    ("h2_rps", "GET 2 B over HTTP/2 + TLS, 1 conn x {h2_streams} streams, req/s", "higher", 0),
+    ("h2_cpu", "  proxy CPU, us/req", "lower", 2),
+    ("h2_sys", "    of which kernel, us/req", "lower", 2),
+    ("h1tls_rps", "GET 2 B over HTTP/1.1 + TLS, {conns} conns, req/s", "higher", 0),
+    ("h1tls_cpu", "  proxy CPU, us/req", "lower", 2),
+    ("h1tls_sys", "    of which kernel, us/req", "lower", 2),
     ("reload_conns", "upstream conns per 1,000 req, reload every 2 s", "lower", 1),
     ("ws_rate", "WS echo {conns} conns {ws_bytes} B, msg/s", "higher", 0),
     ("ws_p99", "  p99 round trip, ms", "lower", 3),
@@ -99,7 +105,7 @@ def build(args):
     proxies = [p for p in args.proxies.split(",") if p]
     ran = set(p for p in args.ran.split(",") if p)
     idle = [n for n in args.idle_counts.split(",") if n]
-    names = {"conns": args.conns, "ws_bytes": args.ws_bytes,
+    names = {"conns": args.conns, "ws_bytes": args.ws_bytes, "h2_streams": 64,
              "idle1": f"{int(idle[0]):,}" if idle else "-",
              "idle2": f"{int(idle[1]):,}" if len(idle) > 1 else "-"}
     ratio_cols = [p for p in proxies if p != "nginx"] if "nginx" in ran else []
@@ -187,6 +193,8 @@ def main():
         f"{datetime.date.today().isoformat()}, {cpu_model()}, Linux {platform.release()}, {os.cpu_count()} cores.",
         f"Each proxy: one worker thread on core {args.proxy_core}; backends, wrk and the WebSocket client on core {args.load_core}.",
         f"wrk -t1 -c{args.conns} -d{args.duration}s; access logs off; upstream keep-alive on.",
+        f"TLS rows: h2load -D {args.duration} to each proxy's TLS listener (ECDSA P-256, TLS 1.3), HTTP/2 with"
+        f" -c1 -m64, HTTP/1.1 with --h1 -c{args.conns} -m1; the upstream side is plain HTTP/1.1 as elsewhere.",
     ]
     if args.runs != "1":
         setup.append(f"Median of {args.runs} interleaved rounds, ± half their range.")

@@ -78,6 +78,8 @@ IDLE_OPEN_CONCURRENCY=32
 IDLE_BASE=200
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "bench: --runs must be a positive number" >&2; exit 2; }
 CONNS=64
+# Concurrent streams on the one HTTP/2 connection of the h2 row.
+H2_STREAMS=64
 WS_MSG_BYTES=32
 PROXY_CORE=0
 LOAD_CORE=1
@@ -348,7 +350,9 @@ start_listening() {
 }
 
 fill_template() {
-    sed -e "s|@PREFIX@|$2|g" -e "s|@PORT@|$PROXY_PORT|g" -e "s|@BACKEND@|$BACKEND_PORT|g" \
+    sed -e "s|@PREFIX@|$2|g" -e "s|@PORT@|$PROXY_PORT|g" -e "s|@TLSPORT@|$PROXY_TLS_PORT|g" \
+        -e "s|@CERT@|$WORK/tls/cert.pem|g" -e "s|@KEY@|$WORK/tls/key.pem|g" \
+        -e "s|@CERTKEY@|$WORK/tls/cert-key.pem|g" -e "s|@BACKEND@|$BACKEND_PORT|g" \
         -e "s|@ECHO@|$ECHO_PORT|g" -e "s|@NOFILE@|$NOFILE|g" \
         -e "s|@WORKER_CONNECTIONS@|$((NOFILE - 100))|g" -e "s|@MAXCONN@|$MAX_TUNNELS|g" \
         "$1"
@@ -370,12 +374,13 @@ nginx_worker() {
     return 1
 }
 
-# start_proxy NAME: sets PROXY_MAIN (started), PROXY_PID (measured), PROXY_PORT.
+# start_proxy NAME: sets PROXY_MAIN (started), PROXY_PID (measured), PROXY_PORT, PROXY_TLS_PORT.
 start_proxy() {
     local name=$1 dir
     dir=$(mktemp -d "$WORK/$name.XXXXXX")
     chmod 755 "$dir"
     PROXY_PORT=$(free_port)
+    PROXY_TLS_PORT=$(free_port)
     case $name in
         limpet)
             fill_template "$BENCH/limpet.toml.tmpl" "$dir" >"$dir/limpet.toml"
@@ -453,6 +458,32 @@ run_wrk() {
 # The p50 latency in ms of a wrk --latency output file (empty when it has none).
 wrk_p50() {
     awk '/^ +50%/ { v = $2; if (v ~ /us$/) v = v * 0.001; else if (v ~ /ms$/) v = v + 0; else if (v ~ /s$/) v = v * 1000; print v; exit }' "$1"
+}
+
+# run_h2load PROXY KEY ARGS...: h2load against the proxy's TLS listener for DURATION: requests/s and the proxy's
+# CPU µs per request (ARGS pick the protocol, connections and streams).
+run_h2load() {
+    local proxy=$1 key=$2 out t0 t1 k0 k1 done rps
+    shift 2
+    out=$WORK/$proxy.$key.$ROUND.h2load
+    t0=$(cpu_ticks "$PROXY_PID")
+    k0=$(sys_ticks "$PROXY_PID")
+    run_waited taskset -c "$LOAD_CORE" h2load -D "$DURATION" "$@" "https://127.0.0.1:$PROXY_TLS_PORT/" \
+        >"$out" 2>&1 || true
+    t1=$(cpu_ticks "$PROXY_PID")
+    k1=$(sys_ticks "$PROXY_PID")
+    # "finished in 10.00s, 41234.50 req/s, …" and "requests: N total, N started, N done, N succeeded, …"
+    rps=$(awk '/^finished in/ { sub(/,$/, "", $4); print $4 }' "$out")
+    done=$(awk '/^requests:/ { print $8 }' "$out")
+    if [[ -z $done || $done == 0 ]]; then
+        note "$proxy $key: h2load completed no request ($(tail -n 3 "$out" | tr '\n' ' '))"
+        return 0
+    fi
+    record "$proxy" "${key}_rps" "$rps"
+    record "$proxy" "${key}_cpu" "$(calc "($t1 - $t0) * 1000000 / $CLK_TCK / $done")"
+    record "$proxy" "${key}_sys" "$(calc "($k1 - $k0) * 1000000 / $CLK_TCK / $done")"
+    grep -q ' 0 failed, 0 errored' "$out" || note "$proxy $key: $(grep '^requests:' "$out")"
+    say "bench: $proxy $key: $rps req/s"
 }
 
 # run_direct_c1: the backend alone, one request at a time, for the TTFB overhead of this round.
@@ -561,13 +592,14 @@ run_idle() {
     rm -f "$fifo" "$base_fifo"
 }
 
-declare -A P_MAIN P_PID P_PORT
+declare -A P_MAIN P_PID P_PORT P_TLS_PORT
 
-# use_proxy NAME: point PROXY_MAIN / PROXY_PID / PROXY_PORT at a proxy started by start_all.
+# use_proxy NAME: point PROXY_MAIN / PROXY_PID / PROXY_PORT / PROXY_TLS_PORT at a proxy started by start_all.
 use_proxy() {
     PROXY_MAIN=${P_MAIN[$1]}
     PROXY_PID=${P_PID[$1]}
     PROXY_PORT=${P_PORT[$1]}
+    PROXY_TLS_PORT=${P_TLS_PORT[$1]}
 }
 
 start_all() {
@@ -580,6 +612,7 @@ start_all() {
         P_MAIN[$p]=$PROXY_MAIN
         P_PID[$p]=$PROXY_PID
         P_PORT[$p]=$PROXY_PORT
+        P_TLS_PORT[$p]=$PROXY_TLS_PORT
         version_of "$p" >>"$WORK/versions.txt"
         # One second of traffic first, so every proxy starts the measured runs with warm pools.
         run_waited taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$PROXY_PORT/" >/dev/null 2>&1 || true
@@ -595,7 +628,7 @@ throughput_rounds() {
         ROUND=$round
         say "bench: --- round $round of $RUNS ---"
         run_direct_c1
-        for test in get2 get64k close ttfb ws; do
+        for test in get2 get64k close ttfb ws "${TLS_TESTS[@]}"; do
             for ((i = 0; i < n; i++)); do
                 p=${RUN[$(((i + round - 1) % n))]}
                 use_proxy "$p"
@@ -605,6 +638,8 @@ throughput_rounds() {
                     close) measured "$p" "$test" run_wrk "$p" close / -H "Connection: close" ;;
                     ttfb) measured "$p" "$test" run_ttfb "$p" ;;
                     ws) measured "$p" "$test" run_ws_echo "$p" ;;
+                    h2) measured "$p" "$test" run_h2load "$p" h2 -c1 -m"$H2_STREAMS" ;;
+                    h1tls) measured "$p" "$test" run_h2load "$p" h1tls --h1 -c"$CONNS" -m1 ;;
                 esac
             done
         done
@@ -728,6 +763,25 @@ for p in "${PROXIES[@]}"; do
 done
 ((${#RUN[@]})) || die "no proxy to measure"
 
+# --- TLS (the HTTP/2 rows) ---------------------------------------------------------------------
+# One certificate for every proxy's TLS listener; the rows need h2load (Debian: nghttp2-client).
+TLS_TESTS=()
+mkdir -p "$WORK/tls"
+if ! command -v h2load >/dev/null; then
+    note "h2load not installed (Debian: nghttp2-client): HTTP/2 rows skipped"
+elif ! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" >/dev/null 2>&1; then
+    note "openssl could not make a certificate: HTTP/2 rows skipped"
+else
+    TLS_TESTS=(h2 h1tls)
+fi
+# A self-signed pair is written either way: every proxy's config names it.
+[[ -s $WORK/tls/cert.pem ]] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=localhost -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" >/dev/null 2>&1 || true
+cat "$WORK/tls/cert.pem" "$WORK/tls/key.pem" >"$WORK/tls/cert-key.pem" 2>/dev/null || true
+chmod -R a+rX "$WORK/tls"
+
 # --- backends (load core) ---------------------------------------------------------------------
 start_listening backend "$TOOLS/bench-backend" --listen 127.0.0.1:0 --threads 1
 BACKEND_PORT=$STARTED_PORT
@@ -737,6 +791,7 @@ ECHO_PORT=$STARTED_PORT
 # limpet must accept the generated config before it gets a column.
 if [[ " ${RUN[*]} " == *" limpet "* ]]; then
     PROXY_PORT=$(free_port)
+    PROXY_TLS_PORT=$(free_port)
     fill_template "$BENCH/limpet.toml.tmpl" "$WORK" >"$WORK/limpet-check.toml"
     if ! "$LIMPET_BIN" --check -c "$WORK/limpet-check.toml" >"$WORK/limpet-check.log" 2>&1; then
         say "limpet: not built (the binary rejects the bench config:)"

@@ -34,7 +34,7 @@ rm -f "$docker_check" "$docker_token"
 echo "==> fuzzing (AFL++ via cargo afl; 20 s per parser)"
 ./scripts/fuzz.sh "${LIMPET_FUZZ_SECONDS:-20}"
 
-echo "==> browser test (headless Chromium, three tabs on long-polling)"
+echo "==> browser tests (headless Chromium: long-polling tabs over HTTP/1.1 and HTTP/2, WebSocket over HTTP/2)"
 ./scripts/browser-test.sh
 
 echo "==> cargo test"

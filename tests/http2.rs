@@ -193,6 +193,55 @@ async fn engineio_sessions_over_one_h2_connection_stay_on_their_nodes() {
     assert_eq!(support::metrics::lookups(&text, "miss"), 0.0, "{text}");
 }
 
+/// Real socket.io-client sessions (long-polling through fetch on undici's HTTP/2 agent) over a TLS listener with
+/// HTTP/2 offered by ALPN, behind the shipped config: every connection speaks h2 and every emit of every session is
+/// answered by its node. (undici holds a POST until its connection has nothing else in flight, so it spreads the
+/// sessions over several connections; one connection carrying sessions is `engineio_sessions_over_one_h2_…`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_clients_polling_over_http2_keep_their_sessions_and_nodes() {
+    let fleet = NodeFleet::start(3, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = localhost_cert(dir.path());
+    let tls = format!(
+        "keepalive_timeout = \"75s\"\ntls = {{ cert = {:?}, key = {:?} }}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let limpet = Limpet::start(&shipped_config(
+        &fleet.addrs(),
+        &[("keepalive_timeout = \"75s\"", &tls)],
+    ));
+    let url = format!("https://127.0.0.1:{}", limpet.addr().port());
+    let ca = cert.display().to_string();
+    let r = tokio::task::spawn_blocking(move || {
+        let args = [
+            "--clients",
+            "8",
+            "--emits",
+            "10",
+            "--transports",
+            "polling",
+            "--http2",
+            "--ca",
+            &ca,
+        ];
+        SioClient::run(&url, &args)
+    })
+    .await
+    .unwrap();
+    support::assert_clean(&r, 8, 10);
+    assert_eq!(r["transports"]["polling"], 8, "{r}");
+    let alpn = r["alpn"].as_object().expect("alpn counts");
+    assert!(
+        !alpn.is_empty() && alpn.keys().all(|k| k == "h2"),
+        "every connection spoke h2: {r}"
+    );
+    assert!(
+        r["nodes"].as_object().map(|n| n.len()) >= Some(2),
+        "sessions spread: {r}"
+    );
+}
+
 /// The HTTP/1.1 stall HTTP/2 removes: a long-poll GET waits on the connection while a POST of the same session
 /// goes out beside it on the same connection, and the GET returns with the POST's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

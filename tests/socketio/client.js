@@ -5,11 +5,15 @@
 //   node client.js --url http://127.0.0.1:PORT [--clients N] [--emits M]
 //                  [--transports polling|websocket|default] [--version 4|2] [--wait-upgrade]
 //                  [--hold MS] [--reconnect] [--timeout MS] [--ack-timeout MS] [--connect-timeout MS]
-//                  [--path /socket.io]
+//                  [--path /socket.io] [--http2 [--ca FILE]]
 //
 // N clients connect concurrently (each its own Engine.IO session: forceNew), each does M acknowledged `whoami`
 // emits one after another, optionally waits for the WebSocket upgrade first, optionally holds the connection
 // for --hold ms emitting `whoami` every 200 ms, then disconnects.
+//
+// --http2 (v4, polling only): long-polling goes through fetch (engine.io-client's Fetch transport) on an undici agent
+// that offers HTTP/2 by ALPN (https URLs), trusting --ca; the report's "alpn" counts the protocol each new
+// connection agreed (e.g. {"h2": 3}).
 //
 // stdout: exactly one JSON line at the end (see `report()`); exit status 0 whatever happened to the clients
 // (2 only for bad command-line arguments). The run always ends within --timeout ms (default 30000):
@@ -34,6 +38,8 @@ const opts = parseArgs(
     'ack-timeout': 'int',
     'connect-timeout': 'int',
     path: 'string',
+    http2: 'bool',
+    ca: 'string',
   },
   {
     clients: 1,
@@ -47,11 +53,40 @@ const opts = parseArgs(
     ackTimeout: 5000,
     connectTimeout: 10000,
     path: '/socket.io',
+    http2: false,
+    ca: '',
   },
 );
 if (!opts.url) fail('--url is required');
 if (!['polling', 'websocket', 'default'].includes(opts.transports)) fail(`bad --transports ${opts.transports}`);
 if (opts.version !== '4' && opts.version !== '2') fail(`--version must be 4 or 2, got ${opts.version}`);
+if (opts.http2 && (opts.version !== '4' || opts.transports !== 'polling')) fail('--http2 needs --version 4 --transports polling');
+// Protocols agreed by ALPN on the connections --http2 opened, by name.
+const alpn = opts.http2 ? useHttp2(opts.ca) : null;
+
+/** Routes fetch through an undici agent that offers h2 by ALPN; returns the counts of what each connection agreed. */
+function useHttp2(caFile) {
+  const undici = require('undici');
+  const counts = {};
+  const ca = caFile ? require('node:fs').readFileSync(caFile) : undefined;
+  const connector = undici.buildConnector({ ca, allowH2: true });
+  // undici sends a POST only on a connection with nothing else in flight, whatever the protocol: with one
+  // connection per origin, every POST would wait behind a parked long-poll. It opens more instead.
+  const agent = new undici.Agent({
+    allowH2: true,
+    connect: (options, callback) =>
+      connector(options, (err, socket) => {
+        if (socket) {
+          const name = socket.alpnProtocol || 'none';
+          counts[name] = (counts[name] || 0) + 1;
+        }
+        callback(err, socket);
+      }),
+  });
+  undici.setGlobalDispatcher(agent);
+  globalThis.fetch = undici.fetch;
+  return counts;
+}
 
 const HOLD_INTERVAL = 200;
 const MAX_ERRORS = 10;
@@ -82,6 +117,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
 const remaining = () => DEADLINE - Date.now();
 
 function transportsOption() {
+  if (opts.http2) return [require('engine.io-client').Fetch];
   if (opts.transports === 'polling') return ['polling'];
   if (opts.transports === 'websocket') return ['websocket'];
   return undefined; // library default: polling, then upgrade to websocket
@@ -325,6 +361,7 @@ function report(timedOut) {
     unfinished,
     emits_cut: cut,
     elapsed_ms: Date.now() - START,
+    alpn,
   };
 }
 
