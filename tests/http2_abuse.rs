@@ -325,6 +325,38 @@ async fn a_header_list_past_max_header_bytes_reaches_no_backend_and_the_connecti
     assert_eq!(again.get("/next").await.status, 200);
 }
 
+/// A client that asks for a large answer and never reads it: once limpet's writes have made no progress for
+/// `client_header_timeout`, the connection is cut and its slot given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_after_client_header_timeout() {
+    let b = HttpBackend::start("a").await;
+    let limpet = Limpet::start(&h2c_config(b.addr, "client_header_timeout = \"1s\""));
+    let mut s = raw_h2(limpet.addr()).await;
+    // Windows wide open, so what stops limpet is TCP, not HTTP/2 flow control.
+    s.write_all(&frame(SETTINGS, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]))
+        .await
+        .unwrap();
+    s.write_all(&frame(WINDOW_UPDATE, 0, 0, &0x7000_0000u32.to_be_bytes()))
+        .await
+        .unwrap();
+    s.write_all(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/big/50000000", &[]),
+    ))
+    .await
+    .unwrap();
+    eventually(WAIT, "the backend was asked", || async {
+        (b.hits() == 1).then_some(())
+    })
+    .await;
+    // Nothing is read from here on.
+    slots_return_to(&limpet, 0).await;
+    others_are_served(limpet.addr(), "a").await;
+    drop(s);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_body_never_comes_gets_408_and_its_connection_goes_on() {
     let b = HttpBackend::start("a").await;

@@ -47,6 +47,21 @@ impl ConnPhase {
         })
     }
 
+    /// A connection whose requests come interleaved (HTTP/2): busy for good, so its [`IdleIo`] keeps only the
+    /// send deadline; the connection keeps its idle timeout itself.
+    pub fn multiplexed(reuse: Arc<Reuse>, clock: Clock) -> Arc<ConnPhase> {
+        reuse.busy();
+        Arc::new(ConnPhase {
+            reuse,
+            clock,
+            requests: AtomicU64::new(0),
+            busy: AtomicBool::new(true),
+            tunnel: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            head: AtomicU64::new(0),
+        })
+    }
+
     /// The counts of request number `n`'s head, when IdleIo saw all of it.
     fn head_counts(&self, n: u64) -> Option<HeadCounts> {
         let packed = self.head.load(Relaxed);

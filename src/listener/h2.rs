@@ -3,7 +3,8 @@
 //!
 //! Deadlines: a connection that has carried no stream for `keepalive_timeout` (or, before its first stream, for
 //! `client_header_timeout`) is sent GOAWAY and closed; a peer that does not finish closing within
-//! `client_header_timeout` more is cut. Shutdown sends GOAWAY and lets open streams finish.
+//! `client_header_timeout` more is cut, and so is one that takes no byte for `client_header_timeout` while limpet
+//! has bytes to send (its IO's send deadline). Shutdown sends GOAWAY and lets open streams finish.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,8 +20,9 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::{log_conn_end, ConnSettings, Shared};
+use crate::conn::idle_io::IdleIo;
 use crate::conn::streams::Streams;
-use crate::conn::{ClientInfo, ClientStream};
+use crate::conn::ClientInfo;
 use crate::deadline::after;
 use crate::proxy;
 use crate::proxy::response_body::Held;
@@ -71,7 +73,7 @@ where
 pub(super) async fn serve(
     shared: Shared,
     settings: ConnSettings,
-    io: ClientStream,
+    io: IdleIo,
     client: ClientInfo,
     streams: Arc<Streams>,
     started: Instant,

@@ -347,6 +347,8 @@ async fn serve(shared: Shared, conn: Accepted) {
         }),
     };
     if let Some(streams) = streams {
+        let phase = ConnPhase::multiplexed(reuse.0, reuse.1);
+        let io = IdleIo::new(io, phase, settings.limits, started);
         let serving = h2::serve(shared, settings, io, client, streams, started);
         return Box::pin(serving).await;
     }
