@@ -60,6 +60,9 @@ async fn h2c_prior_knowledge_and_http11_share_a_listener() {
     assert_eq!(seen.headers["host"], "limpet");
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    // A GET whose HEADERS ended the stream goes out with no body framing at all.
+    assert!(!seen.headers.contains_key("transfer-encoding"), "{:?}", seen.headers);
+    assert!(!seen.headers.contains_key("content-length"), "{:?}", seen.headers);
     // The same listener still speaks HTTP/1.1.
     assert_eq!(who(limpet.addr(), "/h1").await, "a");
 }
