@@ -12,10 +12,11 @@ use http::{Method, Request, Version};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use support::eio;
-use support::h2::{localhost_cert, request, tls_connect, H2};
+use support::h2::frame::{frame, get_block, END_HEADERS, END_STREAM, GOAWAY, HEADERS};
+use support::h2::{localhost_cert, raw_preface, read_frames, request, tls_connect, H2};
 use support::metrics::metric;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
@@ -27,6 +28,22 @@ const WAIT: Duration = Duration::from_secs(20);
 fn server_keys(config: &str, keys: &str) -> String {
     assert!(config.contains("[[server]]\n"));
     config.replacen("[[server]]\n", &format!("[[server]]\n{keys}\n"), 1)
+}
+
+/// Three Socket.IO nodes behind the shipped config with `h2c = true`, and one HTTP/2 connection to it.
+async fn fleet_over_h2c() -> (NodeFleet, Limpet, H2) {
+    let fleet = NodeFleet::start(3, &[]);
+    let limpet = Limpet::start(&shipped_h2c(&fleet.addrs()));
+    let h2 = H2::connect(limpet.addr()).await;
+    (fleet, limpet, h2)
+}
+
+/// limpet in front of `backend` (round robin) with `keys` on its listener.
+fn limpet_with(backend: std::net::SocketAddr, keys: &str) -> Limpet {
+    Limpet::start(&server_keys(
+        &simple_config("round_robin", &[backend], "", ""),
+        keys,
+    ))
 }
 
 /// The shipped config (health checks on, default timeouts) with `h2c = true` on its listener.
@@ -43,10 +60,7 @@ fn shipped_h2c(nodes: &[std::net::SocketAddr]) -> String {
 #[tokio::test]
 async fn h2c_prior_knowledge_and_http11_share_a_listener() {
     let b = HttpBackend::start("a").await;
-    let limpet = Limpet::start(&server_keys(
-        &simple_config("round_robin", &[b.addr], "", ""),
-        "h2c = true",
-    ));
+    let limpet = limpet_with(b.addr, "h2c = true");
     let mut h2 = H2::connect(limpet.addr()).await;
     for i in 0..3 {
         let r = h2.get(&format!("/x/{i}?q=1")).await;
@@ -61,8 +75,16 @@ async fn h2c_prior_knowledge_and_http11_share_a_listener() {
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     // A GET whose HEADERS ended the stream goes out with no body framing at all.
-    assert!(!seen.headers.contains_key("transfer-encoding"), "{:?}", seen.headers);
-    assert!(!seen.headers.contains_key("content-length"), "{:?}", seen.headers);
+    assert!(
+        !seen.headers.contains_key("transfer-encoding"),
+        "{:?}",
+        seen.headers
+    );
+    assert!(
+        !seen.headers.contains_key("content-length"),
+        "{:?}",
+        seen.headers
+    );
     // The same listener still speaks HTTP/1.1.
     assert_eq!(who(limpet.addr(), "/h1").await, "a");
 }
@@ -94,10 +116,7 @@ async fn without_h2c_a_prior_knowledge_client_is_refused_and_http11_goes_on() {
 async fn an_h2_request_reaches_the_server_as_clean_http11_and_the_answer_loses_its_hop_headers() {
     let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, x-hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\nX-Resp: yes\r\n\r\nok".to_vec();
     let raw = RawBackend::start(RawReply::AfterHead(reply)).await;
-    let limpet = Limpet::start(&server_keys(
-        &simple_config("round_robin", &[raw.addr], "", ""),
-        "h2c = true",
-    ));
+    let limpet = limpet_with(raw.addr, "h2c = true");
     let mut h2 = H2::connect(limpet.addr()).await;
     let req = Request::builder()
         .method(Method::POST)
@@ -171,9 +190,7 @@ async fn alpn_offers_h2_on_tls_listeners_unless_http2_is_off() {
 /// one HTTP/2 connection, reaches the node that issued the session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engineio_sessions_over_one_h2_connection_stay_on_their_nodes() {
-    let fleet = NodeFleet::start(3, &[]);
-    let limpet = Limpet::start(&shipped_h2c(&fleet.addrs()));
-    let mut h2 = H2::connect(limpet.addr()).await;
+    let (_fleet, limpet, mut h2) = fleet_over_h2c().await;
     let mut nodes = std::collections::BTreeSet::new();
     for _ in 0..6 {
         let sid = eio::open(&mut h2).await;
@@ -249,9 +266,7 @@ async fn socketio_clients_polling_over_http2_keep_their_sessions_and_nodes() {
 /// goes out beside it on the same connection, and the GET returns with the POST's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_long_poll_does_not_hold_back_a_post_on_the_same_connection() {
-    let fleet = NodeFleet::start(3, &[]);
-    let limpet = Limpet::start(&shipped_h2c(&fleet.addrs()));
-    let mut h2 = H2::connect(limpet.addr()).await;
+    let (_fleet, _limpet, mut h2) = fleet_over_h2c().await;
     let sid = eio::open(&mut h2).await;
     eio::connect_ns(&mut h2, &sid).await;
     let mut poller = H2 {
@@ -434,9 +449,7 @@ async fn with_websocket_over_h2_off_an_extended_connect_reaches_no_server() {
 /// An Engine.IO session upgraded to a WebSocket over HTTP/2 reaches the node that issued it, and speaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socketio_session_upgrades_to_websocket_over_h2_on_its_node() {
-    let fleet = NodeFleet::start(3, &[]);
-    let limpet = Limpet::start(&shipped_h2c(&fleet.addrs()));
-    let mut h2 = H2::connect(limpet.addr()).await;
+    let (_fleet, _limpet, mut h2) = fleet_over_h2c().await;
     for _ in 0..3 {
         let sid = eio::open(&mut h2).await;
         let node = {
@@ -483,14 +496,8 @@ async fn a_socketio_session_upgrades_to_websocket_over_h2_on_its_node() {
 async fn an_idle_h2_connection_gets_goaway_and_closes_after_keepalive_timeout() {
     let b = HttpBackend::start("a").await;
     let keys = "h2c = true\nkeepalive_timeout = \"1s\"";
-    let limpet = Limpet::start(&server_keys(
-        &simple_config("round_robin", &[b.addr], "", ""),
-        keys,
-    ));
-    let mut s = TcpStream::connect(limpet.addr()).await.unwrap();
-    use support::h2::frame::*;
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let limpet = limpet_with(b.addr, keys);
+    let mut s = raw_preface(limpet.addr()).await;
     s.write_all(&frame(
         HEADERS,
         END_HEADERS | END_STREAM,
@@ -499,9 +506,8 @@ async fn an_idle_h2_connection_gets_goaway_and_closes_after_keepalive_timeout() 
     ))
     .await
     .unwrap();
-    let frames = read_frames_until_close(&mut s, WAIT)
-        .await
-        .expect("limpet closed the idle connection");
+    let (frames, closed) = read_frames(&mut s, WAIT).await;
+    assert!(closed, "limpet closed the idle connection");
     assert!(
         frames
             .iter()
@@ -520,10 +526,7 @@ async fn an_idle_h2_connection_gets_goaway_and_closes_after_keepalive_timeout() 
 async fn an_open_stream_outlives_keepalive_timeout() {
     let b = HttpBackend::start("a").await;
     let keys = "h2c = true\nkeepalive_timeout = \"1s\"";
-    let limpet = Limpet::start(&server_keys(
-        &simple_config("round_robin", &[b.addr], "", ""),
-        keys,
-    ));
+    let limpet = limpet_with(b.addr, keys);
     let mut h2 = H2::connect(limpet.addr()).await;
     let r = h2.get("/slow/2500").await;
     assert_eq!((r.status, r.body.as_str()), (200, "a"));
@@ -533,61 +536,20 @@ async fn an_open_stream_outlives_keepalive_timeout() {
 async fn a_connection_that_never_opens_a_stream_is_closed_after_client_header_timeout() {
     let b = HttpBackend::start("a").await;
     let keys = "h2c = true\nclient_header_timeout = \"1s\"";
-    let limpet = Limpet::start(&server_keys(
-        &simple_config("round_robin", &[b.addr], "", ""),
-        keys,
-    ));
-    let mut s = TcpStream::connect(limpet.addr()).await.unwrap();
-    use support::h2::frame::*;
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
-    let frames = read_frames_until_close(&mut s, WAIT).await.expect("closed");
+    let limpet = limpet_with(b.addr, keys);
+    let mut s = raw_preface(limpet.addr()).await;
+    let (frames, closed) = read_frames(&mut s, WAIT).await;
+    assert!(closed, "limpet closed the connection");
     assert!(
         frames.iter().any(|(kind, ..)| *kind == GOAWAY),
         "{frames:?}"
     );
 }
 
-/// Reads frames until the peer closes: None when it had not closed by `timeout`.
-async fn read_frames_until_close(
-    s: &mut TcpStream,
-    timeout: Duration,
-) -> Option<Vec<(u8, u8, u32, Vec<u8>)>> {
-    let mut buf = Vec::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut chunk = [0u8; 16384];
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    Some(parse_frames(&buf))
-}
-
-/// Splits server bytes into frames (kind, flags, stream, payload).
-fn parse_frames(mut buf: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    while buf.len() >= 9 {
-        let len = (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
-        if buf.len() < 9 + len {
-            break;
-        }
-        let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-        out.push((buf[3], buf[4], id, buf[9..9 + len].to_vec()));
-        buf = &buf[9 + len..];
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_sends_goaway_and_lets_open_streams_finish() {
     let b = HttpBackend::start("a").await;
-    let mut limpet = Limpet::start(&server_keys(
-        &simple_config("round_robin", &[b.addr], "", ""),
-        "h2c = true",
-    ));
+    let mut limpet = limpet_with(b.addr, "h2c = true");
     let mut h2 = H2::connect(limpet.addr()).await;
     assert_eq!(h2.get("/warm").await.status, 200);
     let mut slow = H2 {
@@ -625,10 +587,7 @@ async fn shutdown_sends_goaway_and_lets_open_streams_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_leaves_open_h2_connections_serving() {
     let a = HttpBackend::start("a").await;
-    let limpet = Limpet::start(&server_keys(
-        &simple_config("round_robin", &[a.addr], "", ""),
-        "h2c = true",
-    ));
+    let limpet = limpet_with(a.addr, "h2c = true");
     let mut h2 = H2::connect(limpet.addr()).await;
     assert_eq!(h2.get("/before").await.body, "a");
     let b = HttpBackend::start("b").await;

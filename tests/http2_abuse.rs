@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Method, Request, Version};
 use http_body_util::StreamBody;
 use support::h2::frame::*;
-use support::h2::H2;
+use support::h2::{goaway_code, raw_preface, read_frames, H2};
 use support::metrics::gauge;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,9 +30,7 @@ fn h2c_config(backend: SocketAddr, keys: &str) -> String {
 
 /// A raw connection that has sent the preface and an empty SETTINGS, read limpet's SETTINGS and acknowledged it.
 async fn raw_h2(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let mut s = raw_preface(addr).await;
     let mut head = [0u8; 9];
     tokio::time::timeout(WAIT, s.read_exact(&mut head))
         .await
@@ -57,42 +55,6 @@ async fn push(s: &mut TcpStream, bytes: &[u8]) -> usize {
         }
     }
     sent
-}
-
-/// Reads frames until limpet closes or `timeout` passes: (kind, flags, stream, payload) each, and whether it
-/// closed.
-async fn read_frames(s: &mut TcpStream, timeout: Duration) -> (Vec<(u8, u8, u32, Vec<u8>)>, bool) {
-    let mut buf = Vec::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut chunk = vec![0u8; 64 * 1024];
-    let closed = loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
-            Err(_) => break false,
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let mut frames = Vec::new();
-    let mut rest = &buf[..];
-    while rest.len() >= 9 {
-        let len = (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
-        if rest.len() < 9 + len {
-            break;
-        }
-        let id = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
-        frames.push((rest[3], rest[4], id, rest[9..9 + len].to_vec()));
-        rest = &rest[9 + len..];
-    }
-    (frames, closed)
-}
-
-/// The error code of the first GOAWAY among `frames`.
-fn goaway_code(frames: &[(u8, u8, u32, Vec<u8>)]) -> Option<u32> {
-    frames
-        .iter()
-        .find(|(kind, ..)| *kind == GOAWAY)
-        .and_then(|(_, _, _, p)| p.get(4..8))
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 /// Everyone else is still served: a fresh HTTP/2 connection and a fresh HTTP/1.1 one.

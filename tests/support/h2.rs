@@ -162,6 +162,59 @@ pub fn localhost_cert(
     (cert_path, key_path, roots)
 }
 
+/// A raw connection that has sent the client preface and an empty SETTINGS frame, nothing more.
+pub async fn raw_preface(addr: SocketAddr) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    s.write_all(frame::PREFACE).await.unwrap();
+    s.write_all(&frame::frame(frame::SETTINGS, 0, 0, &[]))
+        .await
+        .unwrap();
+    s
+}
+
+/// One frame as read: (kind, flags, stream, payload).
+pub type Frame = (u8, u8, u32, Vec<u8>);
+
+/// Reads frames until limpet closes or `timeout` passes: the whole frames read, and whether it closed.
+pub async fn read_frames(s: &mut TcpStream, timeout: Duration) -> (Vec<Frame>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let mut frames = Vec::new();
+    let mut rest = &buf[..];
+    while rest.len() >= 9 {
+        let len = frame::length(rest);
+        if rest.len() < 9 + len {
+            break;
+        }
+        let id = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+        frames.push((rest[3], rest[4], id, rest[9..9 + len].to_vec()));
+        rest = &rest[9 + len..];
+    }
+    (frames, closed)
+}
+
+/// The error code of the first GOAWAY among `frames`.
+pub fn goaway_code(frames: &[Frame]) -> Option<u32> {
+    frames
+        .iter()
+        .find(|(kind, ..)| *kind == frame::GOAWAY)
+        .and_then(|(_, _, _, p)| p.get(4..8))
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+}
+
 /// Raw HTTP/2 frames, for peers that misbehave on purpose.
 pub mod frame {
     pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -176,6 +229,11 @@ pub mod frame {
     pub const END_STREAM: u8 = 0x1;
     pub const END_HEADERS: u8 = 0x4;
     pub const ACK: u8 = 0x1;
+
+    /// The payload length a frame header gives.
+    pub fn length(head: &[u8]) -> usize {
+        (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2])
+    }
 
     /// One frame: 9-byte header, then the payload.
     pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
