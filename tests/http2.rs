@@ -339,15 +339,17 @@ fn ws_and_http_config(
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_over_h2_is_an_http11_upgrade_to_the_server_and_counts_as_an_h2_tunnel() {
+/// A WebSocket echo server on `/ws`, an HTTP backend ("plain") on the rest, limpet with `keys` in front.
+async fn ws_and_http(keys: &str) -> (WsBackend, HttpBackend, Limpet) {
     let ws_backend = WsBackend::start().await;
     let http = HttpBackend::start("plain").await;
-    let limpet = Limpet::start(&ws_and_http_config(
-        ws_backend.addr,
-        http.addr,
-        "h2c = true",
-    ));
+    let limpet = Limpet::start(&ws_and_http_config(ws_backend.addr, http.addr, keys));
+    (ws_backend, http, limpet)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_h2_is_an_http11_upgrade_to_the_server_and_counts_as_an_h2_tunnel() {
+    let (_ws_backend, _http, limpet) = ws_and_http("h2c = true").await;
     let mut h2 = H2::connect(limpet.addr()).await;
     let (status, ws) = h2_websocket(&mut h2, "/ws/chat").await;
     assert_eq!(status, 200);
@@ -394,13 +396,7 @@ async fn websocket_over_h2_is_an_http11_upgrade_to_the_server_and_counts_as_an_h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_upgrade_is_the_streams_answer_and_a_2xx_without_101_is_a_502() {
-    let ws_backend = WsBackend::start().await;
-    let http = HttpBackend::start("plain").await;
-    let limpet = Limpet::start(&ws_and_http_config(
-        ws_backend.addr,
-        http.addr,
-        "h2c = true",
-    ));
+    let (_ws_backend, http, limpet) = ws_and_http("h2c = true").await;
     let mut h2 = H2::connect(limpet.addr()).await;
     let (status, _) = h2_websocket(&mut h2, "/status/403").await;
     assert_eq!(status, 403, "the server's refusal is relayed");
@@ -424,14 +420,7 @@ async fn a_refused_upgrade_is_the_streams_answer_and_a_2xx_without_101_is_a_502(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_websocket_over_h2_off_an_extended_connect_reaches_no_server() {
-    let ws_backend = WsBackend::start().await;
-    let http = HttpBackend::start("plain").await;
-    let config = ws_and_http_config(
-        ws_backend.addr,
-        http.addr,
-        "h2c = true\nwebsocket_over_h2 = false",
-    );
-    let limpet = Limpet::start(&config);
+    let (ws_backend, _http, limpet) = ws_and_http("h2c = true\nwebsocket_over_h2 = false").await;
     let mut h2 = H2::connect(limpet.addr()).await;
     let mut req = request("CONNECT", "/ws", "sec-websocket-version: 13\r\n", "");
     req.extensions_mut()
