@@ -89,6 +89,44 @@ async fn h2c_prior_knowledge_and_http11_share_a_listener() {
     assert_eq!(who(limpet.addr(), "/h1").await, "a");
 }
 
+/// A preface that arrives in pieces is still HTTP/2; a request that starts with its first letter is still HTTP/1.1.
+#[tokio::test]
+async fn h2c_tells_a_split_preface_from_an_http11_request() {
+    let b = HttpBackend::start("a").await;
+    let limpet = limpet_with(b.addr, "h2c = true");
+    let mut s = TcpStream::connect(limpet.addr()).await.unwrap();
+    let preface = support::h2::frame::PREFACE;
+    s.write_all(&preface[..7]).await.unwrap();
+    // A client that pauses inside the preface (no condition to wait on: the pause is the behaviour tested).
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    s.write_all(&preface[7..]).await.unwrap();
+    s.write_all(&frame(support::h2::frame::SETTINGS, 0, 0, &[]))
+        .await
+        .unwrap();
+    s.write_all(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/", &[]),
+    ))
+    .await
+    .unwrap();
+    s.write_all(&frame(GOAWAY, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    let (frames, _) = read_frames(&mut s, WAIT).await;
+    assert!(
+        frames
+            .iter()
+            .any(|(kind, _, id, _)| *kind == HEADERS && *id == 1),
+        "the split preface was served as HTTP/2: {frames:?}"
+    );
+    let r = support::client::request(limpet.addr(), "POST", "/echo", &[], "posted")
+        .await
+        .unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "posted"));
+}
+
 #[tokio::test]
 async fn without_h2c_a_prior_knowledge_client_is_refused_and_http11_goes_on() {
     let b = HttpBackend::start("a").await;

@@ -30,28 +30,16 @@ use crate::proxy::response_body::Held;
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Does a plaintext peer open with the HTTP/2 preface? Looked at without taking the bytes; waits (up to
-/// `deadline`) only while what arrived so far could still be one.
+/// Does a plaintext peer open with the HTTP/2 preface? Looked at without taking the bytes.
 pub(super) async fn sends_preface(stream: &TcpStream, deadline: Instant) -> bool {
-    /// A peer that stops inside the preface is looked at again after this.
-    const RECHECK: Duration = Duration::from_millis(10);
-    let mut buf = [0u8; PREFACE.len()];
-    loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => n,
-            _ => return false,
-        };
-        if buf[..n] != PREFACE[..n] {
-            return false;
+    super::peek_decides::<{ PREFACE.len() }>(stream, deadline, |seen| {
+        if seen != &PREFACE[..seen.len()] {
+            Some(false)
+        } else {
+            (seen.len() == PREFACE.len()).then_some(true)
         }
-        if n == PREFACE.len() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(RECHECK.min(deadline.saturating_duration_since(Instant::now()))).await;
-    }
+    })
+    .await
 }
 
 /// Runs hyper's tasks for a connection (its streams, and the tunnels extended CONNECTs become) under the

@@ -388,19 +388,29 @@ async fn client_address(
     }
 }
 
-/// Do a peer's first bytes start a PROXY header? Looked at without taking them; waits (up to `deadline`) only
-/// while the bytes so far could still be one. What is not one is left for TLS or HTTP to judge.
+/// Do a peer's first bytes start a PROXY header? Looked at without taking them (see [`peek_decides`]). What is
+/// not one is left for TLS or HTTP to judge.
 async fn sends_proxy_header(stream: &TcpStream, deadline: Instant) -> bool {
-    /// A peer that stops inside a signature's first bytes is looked at again after this.
+    peek_decides::<12>(stream, deadline, proxy_protocol::starts_header).await
+}
+
+/// Peeks at a peer's first bytes (at most `N`) without taking them until `judge` decides (Some) or the peer
+/// stops; waits (up to `deadline`) only while the bytes so far leave it undecided (None). False when undecided.
+async fn peek_decides<const N: usize>(
+    stream: &TcpStream,
+    deadline: Instant,
+    judge: impl Fn(&[u8]) -> Option<bool>,
+) -> bool {
+    /// A peer that stops while undecided is looked at again after this.
     const RECHECK: Duration = Duration::from_millis(20);
-    let mut buf = [0u8; 12];
+    let mut buf = [0u8; N];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => n,
             _ => return false,
         };
-        match proxy_protocol::starts_header(&buf[..n]) {
-            Some(header) => return header,
+        match judge(&buf[..n]) {
+            Some(decided) => return decided,
             None if Instant::now() >= deadline => return false,
             // The same bytes would be peeked again at once: give the peer a moment to send more.
             None => {
