@@ -18,12 +18,17 @@ struct Parts {
     locations: Vec<Table>,
     ssl_on: bool,
     proxy_protocol: bool,
+    /// HTTP/2 on a plaintext listen (`listen … http2` without `ssl`, or `http2 on`): limpet's `h2c`.
+    h2c: bool,
+    /// `http2 off`: TLS listens offer HTTP/1.1 only.
+    http2_off: bool,
 }
 
-/// A `listen` line: where, and whether it takes TLS and the PROXY protocol.
+/// A `listen` line: where, and whether it takes TLS, HTTP/2 and the PROXY protocol.
 struct Listen {
     addr: String,
     ssl: bool,
+    http2: bool,
     proxy_protocol: bool,
 }
 
@@ -61,6 +66,7 @@ impl Converter {
             ("listen", None) => {
                 if let Some(listen) = self.listen(d) {
                     p.proxy_protocol |= listen.proxy_protocol;
+                    p.h2c |= listen.http2 && !listen.ssl;
                     let list = if listen.ssl {
                         &mut p.secure
                     } else {
@@ -73,6 +79,8 @@ impl Converter {
             }
             ("server_name", None) => p.names.extend(self.server_names(d)),
             ("ssl", None) if d.args == ["on"] => p.ssl_on = true,
+            ("http2", None) if d.args == ["on"] => p.h2c = true,
+            ("http2", None) if d.args == ["off"] => p.http2_off = true,
             ("location", Some(b)) => p.locations.extend(self.location(d, b, s)),
             (name, None) if is_inherited(name, false) => {}
             _ => self.unmapped(d),
@@ -111,7 +119,7 @@ impl Converter {
         let extra: Vec<&str> = params
             .iter()
             .map(String::as_str)
-            .filter(|p| !matches!(*p, "ssl" | "proxy_protocol"))
+            .filter(|p| !matches!(*p, "ssl" | "http2" | "proxy_protocol"))
             .collect();
         if !extra.is_empty() {
             let why = format!("{} ignored: no limpet equivalent", extra.join(" "));
@@ -121,6 +129,7 @@ impl Converter {
         Some(Listen {
             addr,
             ssl: has("ssl"),
+            http2: has("http2"),
             proxy_protocol: has("proxy_protocol"),
         })
     }
@@ -182,8 +191,18 @@ fn server_fields(listens: Vec<String>, p: &Parts, tls: Option<InlineTable>, s: &
     if !p.names.is_empty() {
         t.insert("server_name", value(Array::from_iter(&p.names)));
     }
-    if let Some(tls) = tls {
-        t.insert("tls", value(tls));
+    match tls {
+        // HTTP/2 by ALPN is limpet's default on TLS listeners.
+        Some(tls) => {
+            t.insert("tls", value(tls));
+            if p.http2_off {
+                t.insert("http2", value(false));
+            }
+        }
+        None if p.h2c => {
+            t.insert("h2c", value(true));
+        }
+        None => {}
     }
     if p.proxy_protocol {
         t.insert("proxy_protocol", value(true));

@@ -269,6 +269,27 @@ fn nginx_websocket_example() {
 }
 
 #[test]
+fn http2_maps_to_alpn_by_default_h2c_on_plaintext_and_http2_off() {
+    let conf = "upstream io { server 10.0.0.1:3000; }\n\
+        server { listen 80 http2; listen 443 ssl http2; ssl_certificate /c.pem; ssl_certificate_key /k.pem;\n\
+        location / { proxy_pass http://io; } }\n\
+        server { listen 8443 ssl; http2 off; ssl_certificate /c.pem; ssl_certificate_key /k.pem;\n\
+        location / { proxy_pass http://io; } }\n";
+    let (v, notes) = convert_ok(conf);
+    assert_eq!(texts(&v, "server.0.listen"), ["0.0.0.0:80"]);
+    assert_eq!(at(&v, "server.0.h2c").as_bool(), Some(true));
+    assert_eq!(texts(&v, "server.1.listen"), ["0.0.0.0:443"]);
+    // On TLS, HTTP/2 by ALPN is the default: nothing to write.
+    assert!(v["server"][1].get("h2c").is_none(), "{v}");
+    assert!(v["server"][1].get("http2").is_none(), "{v}");
+    assert_eq!(
+        v["server"][2].get("http2").and_then(Value::as_bool),
+        Some(false)
+    );
+    assert!(!notes.iter().any(|n| n.contains("http2")), "{notes:#?}");
+}
+
+#[test]
 fn bare_proxy_pass_synthesizes_one_upstream_per_address() {
     let (v, notes) = convert_ok(BARE_PROXY_PASS);
     assert_eq!(text(&v, "server.0.location.0.proxy_pass"), "localhost_3000");
@@ -338,7 +359,6 @@ fn full_mapping() {
             "line 7: server 10.0.0.2 backup slow_start=30s (parameter slow_start=30s not",
             "line 9: server unix:/tmp/io.sock (",
             "line 11: hash $request_uri consistent (limpet hashes only",
-            "line 14: listen [::]:443 ssl http2 (http2 ignored",
             "line 26: proxy_buffering off (",
             "line 28: location = /health { … } (exact match",
             "line 29: location ~ \\.php$ { … } (",
