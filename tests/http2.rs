@@ -611,6 +611,43 @@ async fn shutdown_sends_goaway_and_lets_open_streams_finish() {
     assert_eq!(limpet.wait_exit(WAIT).await, Some(0));
 }
 
+/// A WebSocket over HTTP/2 open at SIGTERM keeps working through the drain and is closed when
+/// `shutdown_timeout` ends; limpet then exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_tunnel_open_at_shutdown_lasts_until_shutdown_timeout() {
+    let ws_backend = WsBackend::start().await;
+    let http = HttpBackend::start("plain").await;
+    let config = format!(
+        "[global]\nshutdown_timeout = \"2s\"\n\n{}",
+        ws_and_http_config(ws_backend.addr, http.addr, "h2c = true")
+    );
+    let mut limpet = Limpet::start(&config);
+    let mut h2 = H2::connect(limpet.addr()).await;
+    let (status, ws) = h2_websocket(&mut h2, "/ws").await;
+    assert_eq!(status, 200);
+    let mut ws = ws.expect("tunnel");
+    limpet.signal("TERM");
+    limpet.wait_log("shutting down", WAIT).await;
+    ws.send(Message::Text("during shutdown".into()))
+        .await
+        .unwrap();
+    let echo = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("echo in time");
+    assert_eq!(
+        echo.unwrap().unwrap(),
+        Message::Text("during shutdown".into())
+    );
+    assert_eq!(limpet.wait_exit(WAIT).await, Some(0));
+    let end = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("the client sees the end");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)))),
+        "tunnel closed, got {end:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_leaves_open_h2_connections_serving() {
     let a = HttpBackend::start("a").await;
