@@ -86,6 +86,60 @@ async fn at_max_connections_the_oldest_idle_connection_makes_room() {
     assert_eq!(closed_count(&limpet, "max_connections").await, 0.0);
 }
 
+/// An HTTP/2 connection with no open stream is idle too: at the cap it is sent GOAWAY and closed to make room,
+/// while one with a stream in progress keeps its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_connections_an_idle_h2_connection_makes_room_and_a_busy_one_keeps_its_slot() {
+    use support::h2::{goaway_code, read_frames, H2};
+    let backend = HttpBackend::start("b1").await;
+    let limpet = Limpet::start(&config(backend.addr, "max_connections = 2", "h2c = true"));
+    // Busy: a stream waiting on the backend for 3 s.
+    let mut busy = H2::connect(limpet.addr()).await;
+    let mut slow = H2 {
+        send: busy.send.clone(),
+        requests: 0,
+    };
+    let in_flight = tokio::spawn(async move { slow.get("/slow/3000").await });
+    eventually(WAIT, "the slow request at the backend", || async {
+        (backend.hits() == 1).then_some(())
+    })
+    .await;
+    // Idle: a raw HTTP/2 connection that had one answered stream.
+    let mut idle = support::h2::raw_preface(limpet.addr()).await;
+    {
+        use support::h2::frame::*;
+        idle.write_all(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &get_block("/once", &[]),
+        ))
+        .await
+        .unwrap();
+    }
+    eventually(WAIT, "the idle connection's request answered", || async {
+        (backend.hits() == 2).then_some(())
+    })
+    .await;
+    // A third client is served; the idle HTTP/2 connection is the one that goes.
+    let mut third = kept_alive(limpet.addr(), None, "/third").await;
+    let (frames, closed) = read_frames(&mut idle, WAIT).await;
+    assert!(closed, "the idle HTTP/2 connection stayed open");
+    assert_eq!(
+        goaway_code(&frames),
+        Some(0),
+        "GOAWAY NO_ERROR first: {frames:?}"
+    );
+    assert!(still_served(&mut third).await);
+    let r = tokio::time::timeout(WAIT, in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 200, "the busy connection kept its slot");
+    assert_eq!(busy.get("/after").await.status, 200);
+    assert_eq!(closed_count(&limpet, "idle_reused").await, 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_requests_and_tunnels_keep_their_slots() {
     let backend = HttpBackend::start("b1").await;

@@ -48,9 +48,8 @@ impl ConnPhase {
     }
 
     /// A connection whose requests come interleaved (HTTP/2): busy for good, so its [`IdleIo`] keeps only the
-    /// send deadline; the connection keeps its idle timeout itself.
+    /// send deadline; the connection keeps its idle timeout, and says when it is idle, itself.
     pub fn multiplexed(reuse: Arc<Reuse>, clock: Clock) -> Arc<ConnPhase> {
-        reuse.busy();
         Arc::new(ConnPhase {
             reuse,
             clock,

@@ -5,6 +5,9 @@
 //! `client_header_timeout`) is sent GOAWAY and closed; a peer that does not finish closing within
 //! `client_header_timeout` more is cut, and so is one that takes no byte for `client_header_timeout` while limpet
 //! has bytes to send (its IO's send deadline). Shutdown sends GOAWAY and lets open streams finish.
+//!
+//! Slots: while it has no open stream the connection counts as idle at `max_connections`, as an HTTP/1.1
+//! connection between requests does; picked to make room, it is sent GOAWAY and closed the same way.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,9 +23,10 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::{log_conn_end, ConnSettings, Shared};
-use crate::conn::idle_io::IdleIo;
+use crate::conn::idle_io::{ConnPhase, IdleIo};
+use crate::conn::slots::{Clock, Reuse};
 use crate::conn::streams::Streams;
-use crate::conn::ClientInfo;
+use crate::conn::{ClientInfo, ClientStream};
 use crate::deadline::after;
 use crate::proxy;
 use crate::proxy::response_body::Held;
@@ -57,15 +61,19 @@ where
     }
 }
 
-/// Serves an HTTP/2 connection until the client ends it, it idles out, or the process shuts down.
+/// Serves an HTTP/2 connection until the client ends it, it idles out, it is picked to make room, or the process
+/// shuts down. `streams` counts its open streams; `reuse` is its place among the connections that may be closed to
+/// make room.
 pub(super) async fn serve(
     shared: Shared,
     settings: ConnSettings,
-    io: IdleIo,
+    io: ClientStream,
     client: ClientInfo,
-    streams: Arc<Streams>,
+    (streams, (reuse, clock)): (Arc<Streams>, (Arc<Reuse>, Clock)),
     started: Instant,
 ) {
+    let phase = ConnPhase::multiplexed(reuse.clone(), clock.clone());
+    let io = IdleIo::new(io, phase, settings.limits, started);
     let snapshots = shared.snapshot.clone();
     let client = Arc::new(client);
     let opened = streams.clone();
@@ -95,48 +103,71 @@ pub(super) async fn serve(
         let _ = stop.wait_for(|s| *s).await;
     };
     let limits = settings.limits;
-    tokio::select! {
-        r = conn.as_mut() => log_conn_end(r),
+    let idle = Idle {
+        streams: &streams,
+        reuse: &reuse,
+        clock: &clock,
+    };
+    let evicted = std::future::poll_fn(|cx| match reuse.evicted(cx.waker()) {
+        true => std::task::Poll::Ready(()),
+        false => std::task::Poll::Pending,
+    });
+    let why = tokio::select! {
+        r = conn.as_mut() => return log_conn_end(r),
         _ = stopped => {
             conn.as_mut().graceful_shutdown();
-            log_conn_end(conn.await);
+            return log_conn_end(conn.await);
         }
-        _ = idle_out(&streams, started, limits.header_timeout, limits.keepalive_timeout) => {
-            debug!("HTTP/2 connection idle: closing");
-            conn.as_mut().graceful_shutdown();
-            match tokio::time::timeout(limits.header_timeout, conn).await {
-                Ok(r) => log_conn_end(r),
-                Err(_) => debug!("HTTP/2 connection did not close after GOAWAY: cut"),
-            }
-        }
+        _ = idle.out(started, limits.header_timeout, limits.keepalive_timeout) => "idle",
+        _ = evicted => "closed to make room at max_connections",
+    };
+    debug!("HTTP/2 connection {why}: GOAWAY");
+    conn.as_mut().graceful_shutdown();
+    match tokio::time::timeout(limits.header_timeout, conn).await {
+        Ok(r) => log_conn_end(r),
+        Err(_) => debug!("HTTP/2 connection did not close after GOAWAY: cut"),
     }
 }
 
-/// Resolves once the connection has had no open stream for `keepalive` (for `first` from `started`, before
-/// its first stream). A zero `keepalive` closes a connection as soon as it has no stream.
-async fn idle_out(streams: &Streams, started: Instant, first: Duration, keepalive: Duration) {
-    let mut idle_since = Some((started, first));
-    loop {
-        match idle_since {
-            Some((since, limit)) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(after(since, limit)) => {
-                        if streams.count() == 0 {
-                            return;
-                        }
-                        idle_since = None;
-                    }
-                    _ = streams.changed() => {
-                        if streams.count() != 0 {
+/// What tells an HTTP/2 connection idle: its open streams, and its place among the connections that may be
+/// closed to make room (idle while it has no stream).
+struct Idle<'a> {
+    streams: &'a Streams,
+    reuse: &'a Reuse,
+    clock: &'a Clock,
+}
+
+impl Idle<'_> {
+    /// Resolves once the connection has had no open stream for `keepalive` (for `first` from `started`, before
+    /// its first stream). A zero `keepalive` closes a connection as soon as it has no stream.
+    async fn out(&self, started: Instant, first: Duration, keepalive: Duration) {
+        // Before its first stream a connection is as idle as between two, as on HTTP/1.1.
+        self.reuse.idle(self.clock);
+        let mut idle_since = Some((started, first));
+        loop {
+            match idle_since {
+                Some((since, limit)) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(after(since, limit)) => {
+                            if self.streams.count() == 0 {
+                                return;
+                            }
                             idle_since = None;
+                        }
+                        _ = self.streams.changed() => {
+                            if self.streams.count() != 0 {
+                                idle_since = None;
+                            }
                         }
                     }
                 }
-            }
-            None => {
-                streams.changed().await;
-                if streams.count() == 0 {
-                    idle_since = Some((Instant::now(), keepalive));
+                None => {
+                    self.reuse.busy();
+                    self.streams.changed().await;
+                    if self.streams.count() == 0 {
+                        self.reuse.idle(self.clock);
+                        idle_since = Some((Instant::now(), keepalive));
+                    }
                 }
             }
         }

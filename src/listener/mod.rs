@@ -329,10 +329,6 @@ async fn serve(shared: Shared, conn: Accepted) {
         }
     };
     let streams = http2.then(|| Arc::new(Streams::default()));
-    if http2 {
-        // An HTTP/2 connection is never closed to make room: its streams are not seen one by one.
-        permit.not_reusable();
-    }
     let reuse = (reuse, permit.clock());
     let client = ClientInfo {
         peer,
@@ -347,9 +343,7 @@ async fn serve(shared: Shared, conn: Accepted) {
         }),
     };
     if let Some(streams) = streams {
-        let phase = ConnPhase::multiplexed(reuse.0, reuse.1);
-        let io = IdleIo::new(io, phase, settings.limits, started);
-        let serving = h2::serve(shared, settings, io, client, streams, started);
+        let serving = h2::serve(shared, settings, io, client, (streams, reuse), started);
         return Box::pin(serving).await;
     }
     // Boxed: the served connection's future is large, and a task's future is copied whole when it is spawned,
