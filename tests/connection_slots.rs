@@ -106,17 +106,7 @@ async fn at_max_connections_an_idle_h2_connection_makes_room_and_a_busy_one_keep
     .await;
     // Idle: a raw HTTP/2 connection that had one answered stream.
     let mut idle = support::h2::raw_preface(limpet.addr()).await;
-    {
-        use support::h2::frame::*;
-        idle.write_all(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            1,
-            &get_block("/once", &[]),
-        ))
-        .await
-        .unwrap();
-    }
+    support::h2::send_get(&mut idle, 1, "/once").await;
     eventually(WAIT, "the idle connection's request answered", || async {
         (backend.hits() == 2).then_some(())
     })

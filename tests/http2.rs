@@ -12,7 +12,7 @@ use http::{Method, Request, Version};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use support::eio;
-use support::h2::frame::{frame, get_block, END_HEADERS, END_STREAM, GOAWAY, HEADERS};
+use support::h2::frame::{frame, GOAWAY, HEADERS};
 use support::h2::{localhost_cert, raw_preface, read_frames, request, tls_connect, H2};
 use support::metrics::metric;
 use support::*;
@@ -103,14 +103,7 @@ async fn h2c_tells_a_split_preface_from_an_http11_request() {
     s.write_all(&frame(support::h2::frame::SETTINGS, 0, 0, &[]))
         .await
         .unwrap();
-    s.write_all(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        1,
-        &get_block("/", &[]),
-    ))
-    .await
-    .unwrap();
+    support::h2::send_get(&mut s, 1, "/").await;
     s.write_all(&frame(GOAWAY, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]))
         .await
         .unwrap();
@@ -525,14 +518,7 @@ async fn an_idle_h2_connection_gets_goaway_and_closes_after_keepalive_timeout() 
     let keys = "h2c = true\nkeepalive_timeout = \"1s\"";
     let limpet = limpet_with(b.addr, keys);
     let mut s = raw_preface(limpet.addr()).await;
-    s.write_all(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        1,
-        &get_block("/", &[]),
-    ))
-    .await
-    .unwrap();
+    support::h2::send_get(&mut s, 1, "/").await;
     let (frames, closed) = read_frames(&mut s, WAIT).await;
     assert!(closed, "limpet closed the idle connection");
     assert!(

@@ -301,14 +301,7 @@ async fn a_client_that_stops_reading_is_cut_after_client_header_timeout() {
     s.write_all(&frame(WINDOW_UPDATE, 0, 0, &0x7000_0000u32.to_be_bytes()))
         .await
         .unwrap();
-    s.write_all(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        1,
-        &get_block("/big/50000000", &[]),
-    ))
-    .await
-    .unwrap();
+    support::h2::send_get(&mut s, 1, "/big/50000000").await;
     eventually(WAIT, "the backend was asked", || async {
         (b.hits() == 1).then_some(())
     })

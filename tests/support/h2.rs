@@ -176,6 +176,18 @@ pub async fn raw_preface(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// Sends a GET of `path` on `stream` (HEADERS ending the stream) over a raw connection.
+pub async fn send_get(s: &mut TcpStream, stream: u32, path: &str) {
+    use tokio::io::AsyncWriteExt;
+    let headers = frame::frame(
+        frame::HEADERS,
+        frame::END_HEADERS | frame::END_STREAM,
+        stream,
+        &frame::get_block(path, &[]),
+    );
+    s.write_all(&headers).await.expect("send HEADERS");
+}
+
 /// One frame as read: (kind, flags, stream, payload).
 pub type Frame = (u8, u8, u32, Vec<u8>);
 
