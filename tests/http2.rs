@@ -545,6 +545,29 @@ async fn an_open_stream_outlives_keepalive_timeout() {
     assert_eq!((r.status, r.body.as_str()), (200, "a"));
 }
 
+/// Each stream starts the idle time over: streams spaced under `keepalive_timeout` keep one connection for longer
+/// than `keepalive_timeout` in all.
+#[tokio::test]
+async fn each_stream_starts_the_idle_time_over() {
+    let b = HttpBackend::start("a").await;
+    let limpet = limpet_with(b.addr, "h2c = true\nkeepalive_timeout = \"3s\"");
+    let mut h2 = H2::connect(limpet.addr()).await;
+    for i in 0..3 {
+        if i > 0 {
+            // The client's own pace, well inside the idle timeout (the behaviour tested, not a wait).
+            tokio::time::sleep(Duration::from_millis(1800)).await;
+        }
+        let r = h2
+            .try_request(request("GET", &format!("/{i}"), "", ""))
+            .await;
+        assert_eq!(
+            r.map(|r| r.status),
+            Ok(200),
+            "stream {i} on the kept connection"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_connection_that_never_opens_a_stream_is_closed_after_client_header_timeout() {
     let b = HttpBackend::start("a").await;

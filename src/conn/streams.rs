@@ -1,6 +1,7 @@
 //! The open streams of an HTTP/2 client connection, so the connection can close once it has carried none for
 //! its idle timeout. A stream is open from its request until its response body ends, and a tunnel it became
-//! counts until the tunnel ends.
+//! counts until the tunnel ends. Only the moves between none and some wake the connection's idle watch, so a busy
+//! connection's streams do not wake it one by one.
 
 use std::sync::atomic::{AtomicUsize, Ordering::AcqRel, Ordering::Acquire};
 use std::sync::Arc;
@@ -17,8 +18,9 @@ pub struct Streams {
 impl Streams {
     /// Counts a stream open until the guard is dropped.
     pub fn open(self: &Arc<Streams>) -> StreamGuard {
-        self.open.fetch_add(1, AcqRel);
-        self.changed.notify_one();
+        if self.open.fetch_add(1, AcqRel) == 0 {
+            self.changed.notify_one();
+        }
         StreamGuard(self.clone())
     }
 
@@ -27,7 +29,7 @@ impl Streams {
         self.open.load(Acquire)
     }
 
-    /// Resolves after the next change of the count (or at once, when one happened since the last call).
+    /// Resolves after the count next leaves or reaches zero (at once, when it did since the last call).
     pub async fn changed(&self) {
         self.changed.notified().await
     }
@@ -38,8 +40,9 @@ pub struct StreamGuard(Arc<Streams>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, AcqRel);
-        self.0.changed.notify_one();
+        if self.0.open.fetch_sub(1, AcqRel) == 1 {
+            self.0.changed.notify_one();
+        }
     }
 }
 
@@ -48,19 +51,17 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn counts_and_wakes() {
+    async fn counts_and_wakes_when_the_count_leaves_or_reaches_zero() {
         let streams = Arc::new(Streams::default());
+        let wait = || tokio::time::timeout(std::time::Duration::from_secs(5), streams.changed());
         let a = streams.open();
+        wait().await.expect("none to some wakes the watch");
         let b = streams.open();
-        assert_eq!(streams.count(), 2);
-        streams.changed().await;
         drop(a);
         assert_eq!(streams.count(), 1);
-        // The drop's wake-up is kept for the next wait.
-        tokio::time::timeout(std::time::Duration::from_secs(5), streams.changed())
-            .await
-            .expect("a drop wakes the watch");
         drop(b);
         assert_eq!(streams.count(), 0);
+        // The wake-up of some to none is kept for the next wait.
+        wait().await.expect("some to none wakes the watch");
     }
 }

@@ -98,10 +98,7 @@ pub(super) async fn serve(
     }
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let mut stop = shared.stopping.clone();
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
+    let stopped = shared.stopped();
     let limits = settings.limits;
     let idle = Idle {
         streams: &streams,
@@ -154,10 +151,12 @@ impl Idle<'_> {
                             }
                             idle_since = None;
                         }
+                        // A stream opened, and may have ended already: either way the idle time starts over.
                         _ = self.streams.changed() => {
-                            if self.streams.count() != 0 {
-                                idle_since = None;
-                            }
+                            idle_since = match self.streams.count() {
+                                0 => Some((Instant::now(), keepalive)),
+                                _ => None,
+                            };
                         }
                     }
                 }

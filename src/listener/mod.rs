@@ -77,6 +77,14 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Resolves once the process starts shutting down.
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stop = self.stopping.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    }
+
     /// A place for a new client connection under `max_connections` (at the cap, in place of idle keep-alive
     /// connections told to close). `gauge` is its listener's `limpet_client_connections_active`.
     fn admit(&self, gauge: &IntGauge) -> Admitted {
@@ -460,7 +468,7 @@ async fn serve_http(
         let client = client.clone();
         async move {
             let resp = proxy::handle(snapshots.load_full(), &client, req, head).await;
-            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            if resp.extensions().get::<proxy::TunnelOpened>().is_some() {
                 busy.became_tunnel();
                 client.hold.permit.not_reusable();
             }
@@ -480,10 +488,7 @@ async fn serve_http(
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
-    let mut stop = shared.stopping.clone();
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
+    let stopped = shared.stopped();
     tokio::select! {
         r = conn.as_mut() => log_conn_end(r),
         _ = stopped => {
