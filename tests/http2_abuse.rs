@@ -65,6 +65,13 @@ async fn others_are_served(addr: SocketAddr, name: &str) {
     assert_eq!(who(addr, "/other-h1").await, name);
 }
 
+/// Once the attacker's connection is gone: everyone else is served, and its slot is given back.
+async fn attacker_gone(limpet: &Limpet, attacker: TcpStream) {
+    drop(attacker);
+    others_are_served(limpet.addr(), "a").await;
+    slots_return_to(limpet, 0).await;
+}
+
 /// limpet's client connections return to `base` (the attacker's slot is given back).
 async fn slots_return_to(limpet: &Limpet, base: i64) {
     eventually(WAIT, "client connections back to the baseline", || async {
@@ -103,9 +110,7 @@ async fn rapid_reset_is_cut_off_and_everyone_else_is_served() {
         "{} reset streams reached the backend",
         b.hits()
     );
-    drop(s);
-    others_are_served(limpet.addr(), "a").await;
-    slots_return_to(&limpet, 0).await;
+    attacker_gone(&limpet, s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,9 +151,7 @@ async fn a_continuation_flood_is_cut_off_before_it_is_read_whole() {
         grown < 16 * 1024,
         "limpet grew {grown} KiB on a header block it refused"
     );
-    drop(s);
-    others_are_served(limpet.addr(), "a").await;
-    slots_return_to(&limpet, 0).await;
+    attacker_gone(&limpet, s).await;
 }
 
 /// Floods of control frames that each ask for an answer or change state: limpet either keeps up or stops
@@ -204,9 +207,7 @@ async fn settings_ping_and_window_update_floods_do_not_hurt_others() {
             grown < 16 * 1024,
             "{what}: limpet grew {grown} KiB (sent {sent} bytes)"
         );
-        drop(s);
-        others_are_served(limpet.addr(), "a").await;
-        slots_return_to(&limpet, 0).await;
+        attacker_gone(&limpet, s).await;
     }
 }
 
