@@ -14,12 +14,14 @@ use tracing::{error, info, warn};
 
 use crate::access_log::AccessLog;
 use crate::clock::now_ms;
-use crate::config::{self, Problem};
+use crate::config::{self, Config, Problem};
 use crate::health::FirstRound;
 use crate::listener::{take_given, Listeners, Shared};
 use crate::metrics::metrics;
 use crate::runtime::{self, Carry, Snapshot};
 use crate::sync::lock;
+use crate::upstream::dns::{self, Answer};
+use crate::upstream::membership::Membership;
 
 /// Everything the process shares between connections.
 pub struct App {
@@ -36,6 +38,14 @@ pub struct App {
     starting: Mutex<Option<Starting>>,
     /// The first round of checks is done and the listeners accept.
     ready: AtomicBool,
+    /// The loaded config with the runtime API's edits: what DNS answers and departing servers are added to.
+    base: Mutex<Config>,
+    /// DNS answers and the servers on their way out.
+    membership: Mutex<Membership>,
+    /// The DNS tasks of the current config, stopped when it is replaced.
+    lookups: Mutex<Option<watch::Sender<bool>>>,
+    /// Where DNS tasks send their answers.
+    answers: mpsc::Sender<Answer>,
 }
 
 /// What a running limpet is told to do (by signals, or by the caller of an in-process run).
@@ -51,6 +61,8 @@ pub enum Command {
 struct Starting {
     bound: Vec<(SocketAddr, TcpListener)>,
     first_round: FirstRound,
+    /// The first lookup of every DNS entry.
+    first_lookups: FirstRound,
 }
 
 /// Why a config could not be applied.
@@ -96,8 +108,11 @@ impl App {
             .map_err(ApplyError::Bind)?;
         let access_log =
             AccessLog::open(&loaded.config.global.access_log).map_err(ApplyError::AccessLog)?;
-        let snapshot = carry.build(loaded.config, tls, Arc::new(access_log));
+        let base = loaded.config;
+        seed_state_files(&base);
+        let snapshot = carry.build(base.clone(), tls, Arc::new(access_log));
         let (stopping, stop_rx) = watch::channel(false);
+        let (answers, answers_rx) = mpsc::channel(64);
         let app = Arc::new(App {
             shared: Shared {
                 snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -113,9 +128,19 @@ impl App {
             background: Mutex::new(None),
             starting: Mutex::new(None),
             ready: AtomicBool::new(false),
+            membership: Mutex::default(),
+            lookups: Mutex::new(None),
+            answers,
+            base: Mutex::new(base),
         });
         let first_round = app.start_background();
-        *lock(&app.starting) = Some(Starting { bound, first_round });
+        let first_lookups = app.start_lookups();
+        tokio::spawn(app.clone().follow_membership(answers_rx));
+        *lock(&app.starting) = Some(Starting {
+            bound,
+            first_round,
+            first_lookups,
+        });
         Ok((app, admin))
     }
 
@@ -126,7 +151,13 @@ impl App {
             return;
         };
         let started = tokio::time::Instant::now();
+        // Servers DNS names count as the config's: their first lookup, then their first check.
+        let _ = tokio::time::timeout(FIRST_LOOKUPS_TIMEOUT, starting.first_lookups.done()).await;
+        let named = self.has_lookups().then(|| self.swap_servers());
         starting.first_round.done().await;
+        if let Some(round) = named {
+            round.done().await;
+        }
         self.lock_listeners()
             .apply(&self.shared, starting.bound, &|_| true);
         self.ready.store(true, Relaxed);
@@ -189,8 +220,12 @@ impl App {
         for w in &loaded.warnings {
             warn!("config: {w}");
         }
-        let tls =
-            runtime::tls_configs(&loaded.config).map_err(|p| problems(&self.config_path, p))?;
+        let config = {
+            let mut membership = lock(&self.membership);
+            membership.retain(&loaded.config);
+            membership.expand(&loaded.config)
+        };
+        let tls = runtime::tls_configs(&config).map_err(|p| problems(&self.config_path, p))?;
         let old = self.snapshot();
         if let (Some(a), Some(b)) = (&old.config.admin, &loaded.config.admin) {
             if a.listen != b.listen {
@@ -213,13 +248,163 @@ impl App {
             let opened = AccessLog::open(&loaded.config.global.access_log);
             Arc::new(opened.map_err(ApplyError::AccessLog)?)
         };
-        let snapshot = self.carry.build(loaded.config, tls, access_log);
+        seed_state_files(&loaded.config);
+        *lock(&self.base) = loaded.config;
+        let snapshot = self.carry.build(config, tls, access_log);
         self.shared.snapshot.store(Arc::new(snapshot));
         self.lock_listeners()
             .apply(&self.shared, bound, &|a| wanted.contains(a));
         // Servers new to this config take traffic after their own first check; the rest serve on meanwhile.
         drop(self.start_background());
+        drop(self.start_lookups());
         Ok(())
+    }
+
+    /// Does the loaded config name servers by DNS?
+    fn has_lookups(&self) -> bool {
+        lock(&self.base)
+            .upstreams
+            .values()
+            .any(|u| !u.dns.is_empty())
+    }
+
+    /// (Re)starts one DNS task per `resolve` or `service` entry of the loaded config. Says when each has had its
+    /// first lookup.
+    fn start_lookups(self: &Arc<Self>) -> FirstRound {
+        let (first_tx, first_rx) = mpsc::channel(1);
+        let (tx, stop) = watch::channel(false);
+        if let Some(old) = lock(&self.lookups).replace(tx) {
+            let _ = old.send(true);
+        }
+        if !self.has_lookups() {
+            return FirstRound::new(first_rx);
+        }
+        let base = lock(&self.base).clone();
+        let resolver = match dns::resolver(&base.global) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "no DNS resolver (global.resolver, /etc/resolv.conf): resolve and service entries stay empty");
+                return FirstRound::new(first_rx);
+            }
+        };
+        let bounds = (base.global.resolve_min, base.global.resolve_max);
+        for (name, up) in &base.upstreams {
+            for entry in &up.dns {
+                tokio::spawn(dns::follow(
+                    resolver.clone(),
+                    name.clone(),
+                    entry.clone(),
+                    bounds,
+                    self.answers.clone(),
+                    stop.clone(),
+                    Some(first_tx.clone()),
+                ));
+            }
+        }
+        FirstRound::new(first_rx)
+    }
+
+    /// Applies DNS answers as they come, and drops departing servers once they hold nothing (checked every
+    /// second). Runs for the life of the process.
+    async fn follow_membership(self: Arc<Self>, mut answers: mpsc::Receiver<Answer>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let changed = tokio::select! {
+                answer = answers.recv() => match answer {
+                    Some(a) => lock(&self.membership).answer(&a.upstream, &a.entry, a.found),
+                    None => return,
+                },
+                _ = tick.tick() => self.prune_departed(),
+            };
+            if changed && self.is_ready() && !self.is_stopping() {
+                let _one_at_a_time = self.reloading.lock().await;
+                drop(self.swap_servers());
+            }
+        }
+    }
+
+    /// Drops the departing servers that hold no request, tunnel or sticky session any more, or are confirmed
+    /// down; says whether any went.
+    fn prune_departed(&self) -> bool {
+        let snap = self.snapshot();
+        let done = |upstream: &str, spec: &config::ServerSpec| {
+            let peer = snap
+                .upstream(upstream)
+                .and_then(|u| u.peers.iter().find(|p| p.spec.name == spec.name));
+            peer.is_none_or(|p| {
+                !p.holds_sessions()
+                    || (p.state.active() == 0 && p.state.metrics.sticky_sessions.get() <= 0)
+            })
+        };
+        lock(&self.membership).prune_leaving(done)
+    }
+
+    /// Builds and swaps in a snapshot for the current servers (loaded config, API edits, DNS answers, departing
+    /// servers), keeping everything else. The caller holds `reloading` (or runs before limpet is ready). Says
+    /// when new servers' first checks are done.
+    fn swap_servers(self: &Arc<Self>) -> FirstRound {
+        let old = self.snapshot();
+        let config = {
+            let base = lock(&self.base);
+            let mut membership = lock(&self.membership);
+            let next = membership.expand(&base);
+            if membership.note_departures(&old.config, &next) {
+                membership.expand(&base)
+            } else {
+                next
+            }
+        };
+        let tls = match runtime::tls_for_servers(&old, &config) {
+            Ok(tls) => tls,
+            Err(p) => {
+                let why: Vec<String> = p.iter().map(ToString::to_string).collect();
+                error!(problems = %why.join("; "), "server list change not applied");
+                return FirstRound::new(mpsc::channel(1).1);
+            }
+        };
+        log_changes(&old.config, &config);
+        let snapshot = self.carry.build(config, tls, old.access_log.clone());
+        self.shared.snapshot.store(Arc::new(snapshot));
+        self.start_background()
+    }
+
+    /// Applies a runtime API change to one upstream's server list: `change` edits a copy; the result is written
+    /// to the upstream's `state_file` (when it has one), then swapped in. Nothing changes on an error.
+    pub async fn change_servers<T>(
+        self: &Arc<Self>,
+        upstream: &str,
+        change: impl FnOnce(&mut config::Upstream) -> Result<T, ChangeError>,
+    ) -> Result<T, ChangeError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        if !self.is_ready() {
+            return Err(ChangeError::Conflict(
+                "still starting (first health checks)".into(),
+            ));
+        }
+        let mut up = lock(&self.base)
+            .upstreams
+            .get(upstream)
+            .cloned()
+            .ok_or_else(|| ChangeError::NotFound(format!("no upstream {upstream:?}")))?;
+        let out = change(&mut up)?;
+        if let Some(path) = &up.state_file {
+            config::state_file::write(path, &up).map_err(|e| {
+                ChangeError::Storage(format!("cannot write {}: {e}", path.display()))
+            })?;
+        }
+        lock(&self.base).upstreams.insert(upstream.to_string(), up);
+        drop(self.swap_servers());
+        Ok(out)
+    }
+
+    /// The loaded entries of an upstream, with the runtime API's edits.
+    pub fn entries(&self, upstream: &str) -> Option<config::Upstream> {
+        lock(&self.base).upstreams.get(upstream).cloned()
+    }
+
+    /// Is this server of this upstream draining out (removed by DNS or the API)?
+    pub fn is_departing(&self, upstream: &str, name: &str) -> bool {
+        lock(&self.membership).is_leaving(upstream, name)
     }
 
     /// (Re)starts the tasks that belong to the current snapshot: health checks and housekeeping (sticky table
@@ -303,6 +488,65 @@ impl App {
             let _ = self.reload().await;
         }
         self.shutdown().await;
+    }
+}
+
+/// Why a runtime API change was refused (nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// How long readiness waits for the first DNS lookups (each lookup is bounded on its own, too).
+const FIRST_LOOKUPS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes the `state_file` of each upstream that has one and whose file is not there yet, from the config's list.
+fn seed_state_files(config: &Config) {
+    for up in config.upstreams.values() {
+        let Some(path) = &up.state_file else { continue };
+        if path.exists() {
+            continue;
+        }
+        match config::state_file::write(path, up) {
+            Ok(()) => {
+                info!(upstream = %up.name, file = %path.display(), "state file seeded from the config")
+            }
+            Err(e) => {
+                warn!(upstream = %up.name, file = %path.display(), error = %e, "cannot write the state file: runtime changes will not be kept")
+            }
+        }
+    }
+}
+
+/// Logs the servers a DNS answer or a runtime change adds and removes.
+fn log_changes(old: &Config, new: &Config) {
+    for (name, up) in &new.upstreams {
+        let Some(before) = old.upstreams.get(name) else {
+            continue;
+        };
+        for s in &up.servers {
+            match before.servers.iter().find(|b| b.name == s.name) {
+                None => {
+                    info!(upstream = %name, server = %s.name, origin = s.origin.label(), "server added: it takes traffic after its first check")
+                }
+                Some(b) if s.drain && !b.drain => {
+                    info!(upstream = %name, server = %s.name, "server draining")
+                }
+                Some(_) => {}
+            }
+        }
+        for b in &before.servers {
+            if !up.servers.iter().any(|s| s.name == b.name) {
+                info!(upstream = %name, server = %b.name, "server removed");
+            }
+        }
     }
 }
 

@@ -26,6 +26,11 @@ const BODY_LIMIT: usize = 16 * 1024;
 pub struct FirstRound(mpsc::Receiver<()>);
 
 impl FirstRound {
+    /// A round that is done once every sender of `rx` is gone.
+    pub fn new(rx: mpsc::Receiver<()>) -> FirstRound {
+        FirstRound(rx)
+    }
+
     /// Returns once every server of the round has its first verdict. Each check is bounded by its `timeout`.
     pub async fn done(mut self) {
         while self.0.recv().await.is_some() {}

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub client_connections: IntGaugeVec,
     pub client_connections_closed: IntCounterVec,
+    pub upstream_servers: IntGaugeVec,
+    pub dns_lookups: IntCounterVec,
 }
 
 const DURATION_BUCKETS: &[f64] = &[
@@ -127,6 +129,18 @@ impl Metrics {
                 "limpet_sticky_store_writes_dropped_total",
                 "Session refreshes and writes not sent to the shared store because its queue was full.",
                 &["upstream"],
+            ),
+            upstream_servers: gauge(
+                &r,
+                "limpet_upstream_servers",
+                "Servers of an upstream, by where they come from (config, dns, api); servers draining out included.",
+                &["upstream", "origin"],
+            ),
+            dns_lookups: counter(
+                &r,
+                "limpet_dns_lookups_total",
+                "DNS lookups of resolve and service entries, by result (ok, error, empty).",
+                &["upstream", "result"],
             ),
             upstream_connects: counter(
                 &r,

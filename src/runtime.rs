@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
-use crate::config::{Balance, Config, Location, Problem, ServerBlock, Store};
+use crate::config::{Balance, Config, Location, Origin, Problem, ServerBlock, Store};
 use crate::metrics::ServerMetrics;
 use crate::sticky::store::SessionStore;
 use crate::sticky::table::SessionTable;
@@ -129,6 +129,10 @@ pub struct Carry {
     stores: Mutex<HashMap<String, StoreEntry>>,
     pools: Mutex<HashMap<(String, String), PoolEntry>>,
     next_id: Mutex<ServerId>,
+    /// The first snapshot is built: servers new from now on were added while running.
+    built: std::sync::atomic::AtomicBool,
+    /// Upstreams whose server counts are exported.
+    counted: Mutex<HashSet<String>>,
 }
 
 impl Carry {
@@ -149,7 +153,7 @@ impl Carry {
                 .map(|s| {
                     keep_servers.insert((name.clone(), s.name.clone()));
                     let state = self.server_state(name, &s.name, up.health_check.is_some());
-                    state.note_config_drain(s.drain);
+                    state.note_config(s);
                     let pool = self.pool(up, s, &state, targets.next());
                     (state, pool)
                 })
@@ -162,6 +166,8 @@ impl Carry {
             );
         }
         self.prune(&keep_servers, &upstreams);
+        self.count_servers(&upstreams);
+        self.built.store(true, std::sync::atomic::Ordering::Relaxed);
         let by_addr = sites_by_addr(&config, &upstreams, &mut tls);
         Snapshot {
             config,
@@ -186,6 +192,9 @@ impl Carry {
         if checked {
             // Active checks admit a new server after its first pass.
             state.set_health(crate::upstream::Health::Checking);
+        }
+        if self.built.load(std::sync::atomic::Ordering::Relaxed) {
+            state.added_while_running();
         }
         servers.insert(key, state.clone());
         // Writers hold `servers`, so read-copy-update here loses no concurrent insert.
@@ -277,6 +286,27 @@ impl Carry {
                 stores.remove(name);
                 None
             }
+        }
+    }
+
+    /// Sets `limpet_upstream_servers` by origin, and drops the series of upstreams that are gone.
+    fn count_servers(&self, upstreams: &BTreeMap<String, Arc<Upstream>>) {
+        let gauge = &crate::metrics::metrics().upstream_servers;
+        let mut counted = lock(&self.counted);
+        for gone in counted.iter().filter(|n| !upstreams.contains_key(*n)) {
+            for origin in Origin::ALL {
+                let _ = gauge.remove_label_values(&[gone, origin.label()]);
+            }
+        }
+        counted.clear();
+        for (name, up) in upstreams {
+            for origin in Origin::ALL {
+                let n = up.peers.iter().filter(|p| p.spec.origin == origin).count();
+                gauge
+                    .with_label_values(&[name, origin.label()])
+                    .set(n as i64);
+            }
+            counted.insert(name.clone());
         }
     }
 
@@ -398,9 +428,38 @@ pub fn tls_configs(config: &Config) -> Result<TlsConfigs, Vec<Problem>> {
             }),
         }
     }
+    match upstream_targets(config) {
+        Ok(targets) => out.upstreams = targets,
+        Err(more) => problems.extend(more),
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The TLS settings of a snapshot whose servers changed (DNS, the runtime API): the listeners' as they are in
+/// `current`, the upstreams' built for `config`'s servers.
+pub fn tls_for_servers(current: &Snapshot, config: &Config) -> Result<TlsConfigs, Vec<Problem>> {
+    let listeners = current
+        .by_addr
+        .iter()
+        .filter_map(|(addr, sites)| Some((*addr, sites.tls.clone()?)))
+        .collect();
+    Ok(TlsConfigs {
+        listeners,
+        upstreams: upstream_targets(config)?,
+    })
+}
+
+/// For each upstream with `tls = true`: one TLS target per server, in list order.
+fn upstream_targets(config: &Config) -> Result<HashMap<String, Vec<TlsTarget>>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut out = HashMap::new();
     for (name, up) in &config.upstreams {
         if let Some(targets) = upstream_tls(name, up, &mut problems) {
-            out.upstreams.insert(name.clone(), targets);
+            out.insert(name.clone(), targets);
         }
     }
     if problems.is_empty() {

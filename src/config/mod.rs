@@ -5,6 +5,7 @@
 
 mod de;
 mod raw;
+pub mod state_file;
 mod units;
 mod validate;
 
@@ -37,6 +38,12 @@ pub struct Global {
     pub max_connections: usize,
     pub shutdown_timeout: Duration,
     pub access_log: AccessLog,
+    /// DNS servers for servers with `resolve` or `service`; empty = the system's.
+    pub resolver: Vec<SocketAddr>,
+    /// Re-resolve no sooner than this, however short the record's TTL.
+    pub resolve_min: Duration,
+    /// Re-resolve no later than this, however long the record's TTL.
+    pub resolve_max: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,8 +153,83 @@ pub struct Upstream {
     pub retries: u32,
     pub tls: Option<UpstreamTls>,
     pub sticky: Sticky,
+    /// The servers with a fixed address (and, in a running snapshot, those DNS and the runtime API added).
     pub servers: Vec<ServerSpec>,
+    /// The entries whose servers DNS names while running (`resolve = true` or `service`).
+    pub dns: Vec<DnsEntry>,
     pub health_check: Option<HealthCheck>,
+    /// Where this upstream's server list lives, when the runtime API keeps it in a file.
+    pub state_file: Option<PathBuf>,
+}
+
+/// A server entry whose addresses DNS gives while running: each one is a server with the entry's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsEntry {
+    pub lookup: Lookup,
+    /// The entry's settings; `name` is the entry as written, `addr` is unused.
+    pub template: ServerSpec,
+}
+
+/// What a [`DnsEntry`] looks up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A and AAAA records of `host`, each at `port` (`addr` with `resolve = true`).
+    Host { host: String, port: u16 },
+    /// SRV records (`service`): hosts, ports and weights.
+    Service(String),
+}
+
+/// One validated server entry: a fixed address, or one DNS fills in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEntry {
+    Fixed(ServerSpec),
+    Dns(DnsEntry),
+}
+
+impl ServerEntry {
+    /// The entry as written: its address or its service name.
+    pub fn name(&self) -> &str {
+        match self {
+            ServerEntry::Fixed(s) => &s.name,
+            ServerEntry::Dns(d) => &d.template.name,
+        }
+    }
+}
+
+/// A server entry sent to the runtime API as JSON with the keys of `[[upstream.NAME.server]]`, validated with the
+/// config's rules (a host name in `addr` is resolved here: call it off the runtime's workers). Every problem comes
+/// back with its key.
+pub fn api_server_entry(json: serde_json::Value) -> Result<ServerEntry, Vec<Problem>> {
+    let raw: raw::RawUpstreamServer = serde_path_to_error::deserialize(json).map_err(|e| {
+        vec![Problem {
+            path: e.path().to_string().replace('?', ""),
+            message: e.into_inner().to_string(),
+        }]
+    })?;
+    validate::api_entry(&raw)
+}
+
+/// Where a server of a running upstream comes from (the `origin` label of `limpet_upstream_servers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// Listed in the config file (or, with `state_file`, in the file as first seeded from it).
+    Config,
+    /// Named by a DNS answer for a `resolve` or `service` entry.
+    Dns,
+    /// Added through the runtime API.
+    Api,
+}
+
+impl Origin {
+    pub const ALL: [Origin; 3] = [Origin::Config, Origin::Dns, Origin::Api];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Dns => "dns",
+            Origin::Api => "api",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +271,9 @@ pub struct ServerSpec {
     pub down: bool,
     pub drain: bool,
     pub route: String,
+    /// A server coming up ramps from near zero to its weight over this time.
+    pub slow_start: Duration,
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

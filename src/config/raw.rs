@@ -23,6 +23,9 @@ pub struct RawGlobal {
     pub max_connections: Option<i64>,
     pub shutdown_timeout: Option<String>,
     pub access_log: Option<String>,
+    pub resolver: Option<Vec<String>>,
+    pub resolve_min: Option<String>,
+    pub resolve_max: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +89,15 @@ pub struct RawUpstream {
     #[serde(default)]
     pub server: Vec<RawUpstreamServer>,
     pub health_check: Option<RawHealthCheck>,
+    pub state_file: Option<String>,
+}
+
+/// An upstream's `state_file`: its server list, in the config's `[[server]]` form.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStateFile {
+    #[serde(default)]
+    pub server: Vec<RawUpstreamServer>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +116,9 @@ pub struct RawSticky {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstreamServer {
     pub addr: Option<String>,
+    pub resolve: Option<bool>,
+    pub service: Option<String>,
+    pub slow_start: Option<String>,
     pub weight: Option<i64>,
     pub max_fails: Option<i64>,
     pub fail_timeout: Option<String>,

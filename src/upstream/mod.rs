@@ -1,8 +1,11 @@
 //! Upstream groups at run time: their servers with live state, balancers over primaries and backups, and the pick.
 
 pub mod conn;
+pub mod dns;
 pub mod h1;
+pub mod membership;
 pub mod pool;
+mod ramp;
 pub mod state;
 
 use std::sync::Arc;
@@ -187,9 +190,37 @@ impl Upstream {
     }
 
     /// Picks a server for a new request or session: primaries first, backups only while no primary is usable.
-    /// `tried` holds servers already attempted for this request.
+    /// `tried` holds servers already attempted for this request. A server ramping up (`slow_start`) takes the pick
+    /// only at its current share; otherwise the others take it, unless none can.
     pub fn pick(&self, key: &PickKey<'_>, tried: &[usize]) -> Option<usize> {
         let now = now_ms();
+        let first = self.pick_among(key, tried, now)?;
+        if self.takes(first, key, now) {
+            return Some(first);
+        }
+        let mut skip = tried.to_vec();
+        skip.push(first);
+        for _ in 0..self.peers.len() {
+            let Some(next) = self.pick_among(key, &skip, now) else {
+                break;
+            };
+            if self.takes(next, key, now) {
+                return Some(next);
+            }
+            skip.push(next);
+        }
+        Some(first)
+    }
+
+    /// Does the server at `index` take this pick (always, unless it is ramping up)?
+    fn takes(&self, index: usize, key: &PickKey<'_>, now: u64) -> bool {
+        let peer = &self.peers[index];
+        peer.state
+            .ramp(&peer.spec, now)
+            .is_none_or(|share| ramp::admits(self.method, key, u64::from(peer.state.id), share))
+    }
+
+    fn pick_among(&self, key: &PickKey<'_>, tried: &[usize], now: u64) -> Option<usize> {
         let view = |set| View {
             peers: &self.peers,
             set,

@@ -45,7 +45,17 @@ pub struct ServerState {
     passive_logged: AtomicBool,
     /// Failed connects to this server, logged at most once a second.
     pub connect_warnings: WarnLimit,
+    /// When the server last came up (ms on limpet's clock; 0 = not since limpet started): `slow_start` ramps
+    /// its weight from then.
+    up_since_ms: AtomicU64,
+    /// Added while running: its first pass counts as coming up.
+    added_later: AtomicBool,
+    /// The config's `down` as last loaded (0 false, 1 true, 2 not loaded yet).
+    config_down: AtomicU8,
 }
+
+/// The least share of its weight a server coming up takes (slow start begins "near zero", not at zero).
+pub const RAMP_FLOOR: f64 = 0.01;
 
 /// `down_until_ms` of a passive mark that only an active pass clears.
 const UNTIL_CHECK_PASSES: u64 = u64::MAX;
@@ -64,7 +74,35 @@ impl ServerState {
             checked: AtomicBool::new(false),
             passive_logged: AtomicBool::new(false),
             connect_warnings: WarnLimit::new(),
+            up_since_ms: AtomicU64::new(0),
+            added_later: AtomicBool::new(false),
+            config_down: AtomicU8::new(2),
         }
+    }
+
+    /// Marks a server added while running (not with limpet's first config): its weight ramps once it is up.
+    pub fn added_while_running(&self) {
+        self.added_later.store(true, Relaxed);
+        if self.health() == Health::Up {
+            self.came_up();
+        }
+    }
+
+    /// The server just came up: its `slow_start` ramp starts now.
+    fn came_up(&self) {
+        self.up_since_ms.store(now_ms().max(1), Relaxed);
+    }
+
+    /// The share of its weight the server takes at `now`, while its `slow_start` ramp lasts: from
+    /// [`RAMP_FLOOR`] up to (not including) 1. None once it takes its full weight.
+    pub fn ramp(&self, spec: &ServerSpec, now: u64) -> Option<f64> {
+        let span = spec.slow_start.as_millis() as u64;
+        let since = self.up_since_ms.load(Relaxed);
+        if span == 0 || since == 0 {
+            return None;
+        }
+        let elapsed = now.saturating_sub(since);
+        (elapsed < span).then(|| (elapsed as f64 / span as f64).max(RAMP_FLOOR))
     }
 
     /// Requests and tunnels in flight right now.
@@ -80,14 +118,19 @@ impl ServerState {
         }
     }
 
-    /// Sets the health state; returns whether it changed.
+    /// Sets the health state; returns whether it changed. Up from down (or from a first check, for a server
+    /// added while running) starts the `slow_start` ramp.
     pub fn set_health(&self, h: Health) -> bool {
         let code = match h {
             Health::Up => 0,
             Health::Down => 1,
             Health::Checking => 2,
         };
-        self.health.swap(code, Relaxed) != code
+        let before = self.health.swap(code, Relaxed);
+        if code == 0 && (before == 1 || (before == 2 && self.added_later.load(Relaxed))) {
+            self.came_up();
+        }
+        before != code
     }
 
     pub fn drain_override(&self) -> DrainOverride {
@@ -102,12 +145,17 @@ impl ServerState {
         self.drain.store(d as u8, Relaxed);
     }
 
-    /// Notes the config's `drain` at a load; when it changed, the config wins over an earlier admin override.
-    pub fn note_config_drain(&self, drain: bool) {
-        let code = u8::from(drain);
+    /// Notes the config's `drain` and `down` at a load. When `drain` changed, the config wins over an earlier
+    /// admin override; a server no longer `down` comes up (its `slow_start` ramp starts).
+    pub fn note_config(&self, spec: &ServerSpec) {
+        let code = u8::from(spec.drain);
         let before = self.config_drain.swap(code, Relaxed);
         if before != 2 && before != code {
             self.set_drain_override(DrainOverride::None);
+        }
+        let down_before = self.config_down.swap(u8::from(spec.down), Relaxed);
+        if down_before == 1 && !spec.down {
+            self.came_up();
         }
     }
 
@@ -199,14 +247,22 @@ impl ServerState {
         self.fails.store(0, Relaxed);
         let before = self.down_until_ms.swap(0, Relaxed);
         self.passive_logged.store(false, Relaxed);
-        before > now_ms()
+        let was_down = before > now_ms();
+        if was_down {
+            self.came_up();
+        }
+        was_down
     }
 
     /// True once for a passive mark that ran out on its own (after `fail_timeout`), so its end is logged once.
     pub fn passive_mark_ended(&self, now: u64) -> bool {
-        self.passive_logged.load(Relaxed)
+        let ended = self.passive_logged.load(Relaxed)
             && !self.passively_down(now)
-            && self.passive_logged.swap(false, Relaxed)
+            && self.passive_logged.swap(false, Relaxed);
+        if ended {
+            self.came_up();
+        }
+        ended
     }
 }
 
@@ -249,6 +305,8 @@ mod tests {
             down: false,
             drain: false,
             route: String::new(),
+            slow_start: Duration::ZERO,
+            origin: crate::config::Origin::Config,
         }
     }
 

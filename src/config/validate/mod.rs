@@ -10,6 +10,8 @@ mod server;
 mod sticky;
 mod upstream;
 
+pub(super) use self::upstream::api_entry;
+
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;

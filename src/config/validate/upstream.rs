@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -11,8 +11,11 @@ use http::HeaderName;
 use super::health_check::health_check;
 use super::sticky::sticky;
 use super::Checker;
-use crate::config::raw::{RawUpstream, RawUpstreamServer};
-use crate::config::{Balance, HashKey, ServerSpec, Sticky, Upstream, UpstreamTls};
+use crate::config::raw::{RawStateFile, RawUpstream, RawUpstreamServer};
+use crate::config::ServerEntry as Entry;
+use crate::config::{
+    Balance, DnsEntry, HashKey, Lookup, Origin, Problem, ServerSpec, Sticky, Upstream, UpstreamTls,
+};
 
 const DEFAULT_KEEPALIVE: i64 = 64;
 const DEFAULT_UPSTREAM_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -93,19 +96,12 @@ fn upstream(c: &mut Checker, path: &str, name: &str, u: &RawUpstream) -> Upstrea
             "is used only with balance = \"sid\"",
         );
     }
-    if u.server.is_empty() {
-        c.error(
-            format!("{path}.server"),
-            format!("at least one [[{path}.server]] is needed"),
-        );
-    }
-    let servers: Vec<ServerSpec> = u
-        .server
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| server_spec(c, &format!("{path}.server[{i}]"), s))
-        .collect();
-    check_server_set(c, path, &servers, &sticky);
+    let state_file = u.state_file.as_ref().map(PathBuf::from);
+    let (servers, dns) = match &state_file {
+        Some(file) => server_list_from_state(c, path, file, &u.server),
+        None => server_list(c, path, &u.server, &HashSet::new()),
+    };
+    check_server_set(c, path, &servers, &dns, &sticky);
     let health_check = u
         .health_check
         .as_ref()
@@ -120,7 +116,108 @@ fn upstream(c: &mut Checker, path: &str, name: &str, u: &RawUpstream) -> Upstrea
         tls,
         sticky,
         servers,
+        dns,
         health_check,
+        state_file,
+    }
+}
+
+/// A server list: the servers with a fixed address, and the entries DNS fills in. Servers not among `from_config`
+/// (names as written) were added by the runtime API.
+fn server_list(
+    c: &mut Checker,
+    path: &str,
+    raw: &[RawUpstreamServer],
+    from_config: &HashSet<String>,
+) -> (Vec<ServerSpec>, Vec<DnsEntry>) {
+    if raw.is_empty() {
+        c.error(
+            format!("{path}.server"),
+            format!("at least one [[{path}.server]] is needed"),
+        );
+    }
+    let mut servers = Vec::new();
+    let mut dns = Vec::new();
+    for (i, s) in raw.iter().enumerate() {
+        match server_entry(c, &format!("{path}.server[{i}]"), s) {
+            Some(Entry::Fixed(mut spec)) => {
+                if !from_config.is_empty() && !from_config.contains(&spec.name) {
+                    spec.origin = Origin::Api;
+                }
+                servers.push(spec);
+            }
+            Some(Entry::Dns(entry)) => dns.push(entry),
+            None => {}
+        }
+    }
+    (servers, dns)
+}
+
+/// The server list of an upstream with `state_file`: the file's when it exists, else the config's (which seeds
+/// the file when limpet starts).
+fn server_list_from_state(
+    c: &mut Checker,
+    path: &str,
+    file: &Path,
+    config_servers: &[RawUpstreamServer],
+) -> (Vec<ServerSpec>, Vec<DnsEntry>) {
+    let at = format!("{path}.state_file");
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return server_list(c, path, config_servers, &HashSet::new());
+        }
+        Err(e) => {
+            c.error(&at, format!("cannot read {}: {e}", file.display()));
+            return (Vec::new(), Vec::new());
+        }
+    };
+    let raw: RawStateFile = match toml::from_str::<toml::Table>(&text)
+        .map_err(|e| e.message().to_string())
+        .and_then(|t| {
+            serde_path_to_error::deserialize(toml::Value::Table(t)).map_err(|e| e.to_string())
+        }) {
+        Ok(raw) => raw,
+        Err(e) => {
+            c.error(&at, format!("{}: {e}", file.display()));
+            return (Vec::new(), Vec::new());
+        }
+    };
+    let from_config: HashSet<String> = config_servers
+        .iter()
+        .filter_map(|s| s.addr.clone().or_else(|| s.service.clone()))
+        .collect();
+    let from_config = if from_config.is_empty() {
+        // Without config entries to compare with, every server counts as the config's.
+        raw.server
+            .iter()
+            .filter_map(|s| s.addr.clone().or_else(|| s.service.clone()))
+            .collect()
+    } else {
+        from_config
+    };
+    server_list(
+        c,
+        &format!("{at} ({})", file.display()),
+        &raw.server,
+        &from_config,
+    )
+}
+
+/// One server entry as the runtime API gives it (the keys of a `[[upstream.NAME.server]]`), validated with the
+/// config's rules; it counts as added through the API.
+pub(in crate::config) fn api_entry(raw: &RawUpstreamServer) -> Result<Entry, Vec<Problem>> {
+    let mut c = Checker::default();
+    let entry = server_entry(&mut c, "server", raw);
+    match entry {
+        Some(mut entry) if c.problems.is_empty() => {
+            match &mut entry {
+                Entry::Fixed(spec) => spec.origin = Origin::Api,
+                Entry::Dns(dns) => dns.template.origin = Origin::Api,
+            }
+            Ok(entry)
+        }
+        _ => Err(c.problems),
     }
 }
 
@@ -168,18 +265,63 @@ fn hash_key(c: &mut Checker, path: &str, value: Option<&str>) -> HashKey {
     })
 }
 
-fn server_spec(c: &mut Checker, path: &str, s: &RawUpstreamServer) -> Option<ServerSpec> {
-    let Some(name) = s.addr.clone() else {
-        c.error(format!("{path}.addr"), "missing (host:port of the server)");
-        return None;
+fn server_entry(c: &mut Checker, path: &str, s: &RawUpstreamServer) -> Option<Entry> {
+    let resolve = s.resolve.unwrap_or(false);
+    let lookup = match (&s.addr, &s.service) {
+        (Some(_), Some(_)) => {
+            c.error(
+                format!("{path}.service"),
+                "give either addr or service, not both",
+            );
+            return None;
+        }
+        (None, None) => {
+            c.error(
+                format!("{path}.addr"),
+                "missing (host:port of the server, or service = \"_name._tcp.domain\")",
+            );
+            return None;
+        }
+        (None, Some(service)) => Some(service_lookup(c, &format!("{path}.service"), service)?),
+        (Some(addr), None) if resolve => Some(host_lookup(c, &format!("{path}.addr"), addr)?),
+        (Some(_), None) => None,
     };
-    let addr = upstream_addr(c, &format!("{path}.addr"), &name);
+    let name = s
+        .addr
+        .clone()
+        .or_else(|| s.service.clone())
+        .unwrap_or_default();
+    let addr = match lookup {
+        Some(_) => Some(SocketAddr::from(([0, 0, 0, 0], 0))),
+        None => upstream_addr(c, &format!("{path}.addr"), &name),
+    };
+    let spec = server_settings(c, path, s, name, addr);
+    Some(match lookup {
+        Some(lookup) => Entry::Dns(DnsEntry {
+            lookup,
+            template: spec?,
+        }),
+        None => Entry::Fixed(spec?),
+    })
+}
+
+/// The settings every server of an entry shares.
+fn server_settings(
+    c: &mut Checker,
+    path: &str,
+    s: &RawUpstreamServer,
+    name: String,
+    addr: Option<SocketAddr>,
+) -> Option<ServerSpec> {
     let weight = c.at(path).int("weight", s.weight, 1, 1..=1000) as u32;
     let max_fails = c.at(path).int("max_fails", s.max_fails, 1, 0..=1000) as u32;
     let fail_timeout =
         c.at(path)
             .positive_duration("fail_timeout", &s.fail_timeout, DEFAULT_FAIL_TIMEOUT);
     let max_conns = c.at(path).int("max_conns", s.max_conns, 0, 0..=10_000_000) as u32;
+    let slow_start = c
+        .at(path)
+        .duration("slow_start", &s.slow_start, Duration::ZERO);
     let route = s.route.clone().unwrap_or_default();
     if route.contains(['.', '/', ' ']) {
         c.error(
@@ -198,7 +340,56 @@ fn server_spec(c: &mut Checker, path: &str, s: &RawUpstreamServer) -> Option<Ser
         down: s.down.unwrap_or(false),
         drain: s.drain.unwrap_or(false),
         route,
+        slow_start,
+        origin: Origin::Config,
     })
+}
+
+/// `addr` with `resolve = true`: a host name and a port, looked up while running (not at load).
+fn host_lookup(c: &mut Checker, path: &str, text: &str) -> Option<Lookup> {
+    let parsed = text
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .filter(|(h, _)| valid_dns_name(h));
+    match parsed {
+        Some((host, port)) => Some(Lookup::Host {
+            host: host.to_string(),
+            port,
+        }),
+        None => {
+            c.error(
+                path,
+                format!("invalid address {text:?} for resolve = true (write host:port, e.g. \"chat.default.svc:3000\")"),
+            );
+            None
+        }
+    }
+}
+
+/// `service`: an SRV name.
+fn service_lookup(c: &mut Checker, path: &str, text: &str) -> Option<Lookup> {
+    if valid_dns_name(text) && text.starts_with('_') {
+        Some(Lookup::Service(text.to_string()))
+    } else {
+        c.error(
+            path,
+            format!("invalid SRV name {text:?} (write e.g. \"_http._tcp.chat.default.svc\")"),
+        );
+        None
+    }
+}
+
+/// A DNS name: dot-separated labels of letters, digits, '-' and '_', each 1..=63 bytes, at most 253 in all.
+fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn upstream_addr(c: &mut Checker, path: &str, text: &str) -> Option<SocketAddr> {
@@ -228,9 +419,16 @@ fn upstream_addr(c: &mut Checker, path: &str, text: &str) -> Option<SocketAddr> 
     }
 }
 
-fn check_server_set(c: &mut Checker, path: &str, servers: &[ServerSpec], sticky: &Sticky) {
+fn check_server_set(
+    c: &mut Checker,
+    path: &str,
+    servers: &[ServerSpec],
+    dns: &[DnsEntry],
+    sticky: &Sticky,
+) {
     let mut seen = HashSet::new();
-    for (i, s) in servers.iter().enumerate() {
+    let names = servers.iter().chain(dns.iter().map(|d| &d.template));
+    for (i, s) in names.enumerate() {
         if !seen.insert(&s.name) {
             c.error(
                 format!("{path}.server[{i}].addr"),
@@ -239,6 +437,12 @@ fn check_server_set(c: &mut Checker, path: &str, servers: &[ServerSpec], sticky:
         }
     }
     if sticky.sid_prefix {
+        for (i, _) in dns.iter().enumerate() {
+            c.error(
+                format!("{path}.server[{}]", servers.len() + i),
+                "sticky.sid_prefix needs one route per server: a resolve or service entry names many",
+            );
+        }
         let mut routes = HashSet::new();
         for (i, s) in servers.iter().enumerate() {
             if s.route.is_empty() {

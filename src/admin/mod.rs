@@ -1,5 +1,5 @@
 //! The admin listener: `GET /metrics`, `/healthz`, `/status`; `POST /reload`,
-//! `POST /servers/{upstream}/{addr}/drain` and `/undrain`.
+//! `POST /servers/{upstream}/{addr}/drain` and `/undrain`; the runtime server API under `/upstreams/` (`servers`).
 //!
 //! Browsers are kept out: a request with a cross-site `Origin` or `Sec-Fetch-Site`, or a `Host` that is not an IP
 //! address or `localhost` (DNS rebinding), gets 403. Every method but GET and HEAD changes state and needs the
@@ -26,6 +26,8 @@ use crate::clock::now_ms;
 use crate::config::{AdminToken, Balance};
 use crate::upstream::state::DrainOverride;
 use crate::upstream::{Health, Peer};
+
+mod servers;
 
 type AdminResponse = Response<Full<Bytes>>;
 
@@ -87,6 +89,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
             Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
         },
         (&Method::POST, p) if p.starts_with("/servers/") => drain(app, p),
+        (_, p) if p.starts_with("/upstreams/") => {
+            let rest = p.trim_start_matches("/upstreams/").to_string();
+            servers::route(app, req, &rest).await
+        }
         (_, "/metrics" | "/healthz" | "/status" | "/reload") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }

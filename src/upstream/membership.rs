@@ -1,0 +1,242 @@
+//! Servers that change while running: each upstream's loaded server list, the DNS answers of its `resolve` and
+//! `service` entries, and the servers on their way out.
+//!
+//! A server that DNS or the runtime API removes is not dropped at once: it stays in the list, draining (no new
+//! sessions; its sticky sessions and tunnels go on), until it holds nothing or is confirmed down, and only then
+//! leaves. Pure bookkeeping over [`Config`]; the running process turns its [`Membership::expand`] into snapshots.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use crate::config::{Config, DnsEntry, Origin, ServerSpec};
+
+/// One server a DNS answer names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub addr: SocketAddr,
+    /// The SRV weight (None for A/AAAA records: the entry's weight applies).
+    pub weight: Option<u32>,
+    /// An SRV record of a lower priority than the best one: used only while no primary is usable.
+    pub backup: bool,
+}
+
+/// DNS answers and departing servers, by upstream.
+#[derive(Default)]
+pub struct Membership {
+    /// The last good answer of each entry, by (upstream, entry as written).
+    answers: HashMap<(String, String), Vec<Found>>,
+    /// Servers removed while running, draining until they hold nothing: by upstream.
+    leaving: HashMap<String, Vec<ServerSpec>>,
+}
+
+impl Membership {
+    /// Records a good answer for an entry; says whether it differs from the last one.
+    pub fn answer(&mut self, upstream: &str, entry: &str, mut found: Vec<Found>) -> bool {
+        found.sort_by_key(|f| f.addr);
+        found.dedup_by_key(|f| f.addr);
+        let key = (upstream.to_string(), entry.to_string());
+        if self.answers.get(&key) == Some(&found) {
+            return false;
+        }
+        self.answers.insert(key, found);
+        true
+    }
+
+    /// Forgets answers of entries and departing servers of upstreams that `base` no longer has.
+    pub fn retain(&mut self, base: &Config) {
+        self.answers.retain(|(up, entry), _| {
+            base.upstreams
+                .get(up)
+                .is_some_and(|u| u.dns.iter().any(|d| &d.template.name == entry))
+        });
+        self.leaving.retain(|up, _| base.upstreams.contains_key(up));
+    }
+
+    /// The running config: `base` with the servers DNS named and the servers on their way out (draining).
+    pub fn expand(&self, base: &Config) -> Config {
+        let mut config = base.clone();
+        for (name, up) in config.upstreams.iter_mut() {
+            let mut names: HashSet<String> = up.servers.iter().map(|s| s.name.clone()).collect();
+            for entry in &up.dns {
+                let found = self
+                    .answers
+                    .get(&(name.clone(), entry.template.name.clone()));
+                for f in found.into_iter().flatten() {
+                    let spec = resolved(entry, f);
+                    if names.insert(spec.name.clone()) {
+                        up.servers.push(spec);
+                    }
+                }
+            }
+            for spec in self.leaving.get(name).into_iter().flatten() {
+                if names.insert(spec.name.clone()) {
+                    up.servers.push(spec.clone());
+                }
+            }
+        }
+        config
+    }
+
+    /// Notes the servers that were in `old` but are not in `new` (same upstream): they drain before they go.
+    /// Servers back in `new` stop leaving. Says whether anything started leaving.
+    pub fn note_departures(&mut self, old: &Config, new: &Config) -> bool {
+        let mut started = false;
+        for (name, up) in &new.upstreams {
+            let present: HashSet<&str> = up.servers.iter().map(|s| s.name.as_str()).collect();
+            let leaving = self.leaving.entry(name.clone()).or_default();
+            leaving.retain(|s| !present.contains(s.name.as_str()));
+            let Some(before) = old.upstreams.get(name) else {
+                continue;
+            };
+            for s in &before.servers {
+                if !present.contains(s.name.as_str()) && !leaving.iter().any(|l| l.name == s.name) {
+                    let mut s = s.clone();
+                    s.drain = true;
+                    leaving.push(s);
+                    started = true;
+                }
+            }
+        }
+        started
+    }
+
+    /// Drops the departing servers `done` says are finished; says whether any went.
+    pub fn prune_leaving(&mut self, done: impl Fn(&str, &ServerSpec) -> bool) -> bool {
+        let mut pruned = false;
+        for (up, list) in self.leaving.iter_mut() {
+            let before = list.len();
+            list.retain(|s| !done(up, s));
+            pruned |= list.len() != before;
+        }
+        pruned
+    }
+
+    /// Is this server on its way out?
+    pub fn is_leaving(&self, upstream: &str, name: &str) -> bool {
+        self.leaving
+            .get(upstream)
+            .is_some_and(|l| l.iter().any(|s| s.name == name))
+    }
+}
+
+/// The server an answer names, with its entry's settings.
+fn resolved(entry: &DnsEntry, found: &Found) -> ServerSpec {
+    let mut spec = entry.template.clone();
+    spec.name = found.addr.to_string();
+    spec.addr = found.addr;
+    spec.origin = Origin::Dns;
+    if let Some(w) = found.weight {
+        spec.weight = w.clamp(1, 1000);
+    }
+    spec.backup |= found.backup;
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Lookup;
+
+    fn config() -> Config {
+        let text = r#"
+[[server]]
+listen = ["127.0.0.1:0"]
+[[server.location]]
+proxy_pass = "app"
+[upstream.app]
+[[upstream.app.server]]
+addr = "127.0.0.1:1"
+[[upstream.app.server]]
+addr = "fleet.test:3000"
+resolve = true
+weight = 3
+"#;
+        crate::config::parse(text).expect("valid").config
+    }
+
+    fn found(ip: [u8; 4]) -> Found {
+        Found {
+            addr: SocketAddr::from((ip, 3000)),
+            weight: None,
+            backup: false,
+        }
+    }
+
+    fn names(c: &Config) -> Vec<(String, bool)> {
+        c.upstreams["app"]
+            .servers
+            .iter()
+            .map(|s| (s.name.clone(), s.drain))
+            .collect()
+    }
+
+    #[test]
+    fn an_answer_adds_servers_with_the_entry_settings() {
+        let base = config();
+        assert_eq!(
+            base.upstreams["app"].dns[0].lookup,
+            Lookup::Host {
+                host: "fleet.test".into(),
+                port: 3000
+            }
+        );
+        let mut m = Membership::default();
+        assert!(m.answer(
+            "app",
+            "fleet.test:3000",
+            vec![found([127, 0, 0, 3]), found([127, 0, 0, 2])]
+        ));
+        assert!(!m.answer(
+            "app",
+            "fleet.test:3000",
+            vec![found([127, 0, 0, 2]), found([127, 0, 0, 3])]
+        ));
+        let c = m.expand(&base);
+        let servers = &c.upstreams["app"].servers;
+        assert_eq!(servers.len(), 3);
+        assert_eq!(servers[1].name, "127.0.0.2:3000");
+        assert_eq!(servers[1].weight, 3);
+        assert_eq!(servers[1].origin, Origin::Dns);
+    }
+
+    #[test]
+    fn a_vanished_address_drains_until_done_then_goes() {
+        let base = config();
+        let mut m = Membership::default();
+        m.answer(
+            "app",
+            "fleet.test:3000",
+            vec![found([127, 0, 0, 2]), found([127, 0, 0, 3])],
+        );
+        let before = m.expand(&base);
+        m.answer("app", "fleet.test:3000", vec![found([127, 0, 0, 3])]);
+        let after = m.expand(&base);
+        assert!(m.note_departures(&before, &after));
+        let c = m.expand(&base);
+        assert!(names(&c).contains(&("127.0.0.2:3000".into(), true)));
+        assert!(m.is_leaving("app", "127.0.0.2:3000"));
+        assert!(!m.prune_leaving(|_, _| false));
+        assert!(m.prune_leaving(|_, s| s.name == "127.0.0.2:3000"));
+        assert_eq!(names(&m.expand(&base)).len(), 2);
+    }
+
+    #[test]
+    fn an_address_that_comes_back_stops_leaving() {
+        let base = config();
+        let mut m = Membership::default();
+        m.answer("app", "fleet.test:3000", vec![found([127, 0, 0, 2])]);
+        let before = m.expand(&base);
+        m.answer("app", "fleet.test:3000", vec![found([127, 0, 0, 3])]);
+        let after = m.expand(&base);
+        m.note_departures(&before, &after);
+        m.answer(
+            "app",
+            "fleet.test:3000",
+            vec![found([127, 0, 0, 2]), found([127, 0, 0, 3])],
+        );
+        let back = m.expand(&base);
+        m.note_departures(&after, &back);
+        assert!(!m.is_leaving("app", "127.0.0.2:3000"));
+        assert!(names(&m.expand(&base)).iter().all(|(_, drain)| !drain));
+    }
+}
