@@ -347,12 +347,9 @@ impl App {
         let config = {
             let base = lock(&self.base);
             let mut membership = lock(&self.membership);
-            let next = membership.expand(&base);
-            if membership.note_departures(&old.config, &next) {
-                membership.expand(&base)
-            } else {
-                next
-            }
+            let named = membership.named(&base);
+            membership.note_departures(&old.config, &named);
+            membership.expand(&base)
         };
         let tls = match runtime::tls_for_servers(&old, &config) {
             Ok(tls) => tls,

@@ -27,6 +27,8 @@ pub struct Membership {
     answers: HashMap<(String, String), Vec<Found>>,
     /// Servers removed while running, draining until they hold nothing: by upstream.
     leaving: HashMap<String, Vec<ServerSpec>>,
+    /// Departed servers dropped since the last snapshot: they go now, they do not leave again.
+    gone: HashSet<(String, String)>,
 }
 
 impl Membership {
@@ -52,8 +54,8 @@ impl Membership {
         self.leaving.retain(|up, _| base.upstreams.contains_key(up));
     }
 
-    /// The running config: `base` with the servers DNS named and the servers on their way out (draining).
-    pub fn expand(&self, base: &Config) -> Config {
+    /// `base` with the servers DNS named.
+    pub fn named(&self, base: &Config) -> Config {
         let mut config = base.clone();
         for (name, up) in config.upstreams.iter_mut() {
             let mut names: HashSet<String> = up.servers.iter().map(|s| s.name.clone()).collect();
@@ -68,8 +70,16 @@ impl Membership {
                     }
                 }
             }
+        }
+        config
+    }
+
+    /// The running config: `base` with the servers DNS named and the servers on their way out (draining).
+    pub fn expand(&self, base: &Config) -> Config {
+        let mut config = self.named(base);
+        for (name, up) in config.upstreams.iter_mut() {
             for spec in self.leaving.get(name).into_iter().flatten() {
-                if names.insert(spec.name.clone()) {
+                if !up.servers.iter().any(|s| s.name == spec.name) {
                     up.servers.push(spec.clone());
                 }
             }
@@ -77,11 +87,11 @@ impl Membership {
         config
     }
 
-    /// Notes the servers that were in `old` but are not in `new` (same upstream): they drain before they go.
-    /// Servers back in `new` stop leaving. Says whether anything started leaving.
-    pub fn note_departures(&mut self, old: &Config, new: &Config) -> bool {
+    /// Notes the servers that were in `old` (a running config) but are not in `named` (see [`Membership::named`]):
+    /// they drain before they go. Servers named again stop leaving. Says whether anything started leaving.
+    pub fn note_departures(&mut self, old: &Config, named: &Config) -> bool {
         let mut started = false;
-        for (name, up) in &new.upstreams {
+        for (name, up) in &named.upstreams {
             let present: HashSet<&str> = up.servers.iter().map(|s| s.name.as_str()).collect();
             let leaving = self.leaving.entry(name.clone()).or_default();
             leaving.retain(|s| !present.contains(s.name.as_str()));
@@ -89,7 +99,11 @@ impl Membership {
                 continue;
             };
             for s in &before.servers {
-                if !present.contains(s.name.as_str()) && !leaving.iter().any(|l| l.name == s.name) {
+                let gone = self.gone.contains(&(name.clone(), s.name.clone()));
+                if !gone
+                    && !present.contains(s.name.as_str())
+                    && !leaving.iter().any(|l| l.name == s.name)
+                {
                     let mut s = s.clone();
                     s.drain = true;
                     leaving.push(s);
@@ -97,6 +111,7 @@ impl Membership {
                 }
             }
         }
+        self.gone.clear();
         started
     }
 
@@ -104,9 +119,14 @@ impl Membership {
     pub fn prune_leaving(&mut self, done: impl Fn(&str, &ServerSpec) -> bool) -> bool {
         let mut pruned = false;
         for (up, list) in self.leaving.iter_mut() {
-            let before = list.len();
-            list.retain(|s| !done(up, s));
-            pruned |= list.len() != before;
+            list.retain(|s| {
+                let finished = done(up, s);
+                if finished {
+                    self.gone.insert((up.clone(), s.name.clone()));
+                    pruned = true;
+                }
+                !finished
+            });
         }
         pruned
     }
@@ -210,13 +230,21 @@ weight = 3
         );
         let before = m.expand(&base);
         m.answer("app", "fleet.test:3000", vec![found([127, 0, 0, 3])]);
-        let after = m.expand(&base);
-        assert!(m.note_departures(&before, &after));
+        assert!(m.note_departures(&before, &m.named(&base)));
         let c = m.expand(&base);
+        assert!(
+            !m.note_departures(&c, &m.named(&base)),
+            "still leaving, not again"
+        );
+        assert!(m.is_leaving("app", "127.0.0.2:3000"));
         assert!(names(&c).contains(&("127.0.0.2:3000".into(), true)));
         assert!(m.is_leaving("app", "127.0.0.2:3000"));
         assert!(!m.prune_leaving(|_, _| false));
         assert!(m.prune_leaving(|_, s| s.name == "127.0.0.2:3000"));
+        assert!(
+            !m.note_departures(&c, &m.named(&base)),
+            "a server dropped does not leave again"
+        );
         assert_eq!(names(&m.expand(&base)).len(), 2);
     }
 

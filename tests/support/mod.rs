@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod dns;
 pub mod eio;
 mod encode;
 pub mod h2;
