@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests start for real: Redis (shared sticky store and the chat demo), Prometheus (scrape +
 # promtool), Chromium (browser test), docker-compose (validating docker-compose.yml; no engine is needed).
 . scripts/lib/apt.sh
-ensure_apt_packages redis-server prometheus chromium docker-compose
+ensure_apt_packages redis-server prometheus chromium docker-compose dnsmasq-base
 
 echo "==> npm ci (tests/socketio)"
 (cd tests/socketio && npm ci --no-audit --no-fund --loglevel=error)
@@ -30,6 +30,9 @@ sed -e 's/chat\([123]\):3000/127.0.0.\1:3000/' -e "s|/run/secrets/limpet_admin_t
     config/limpet.docker.toml > "$docker_check"
 cargo run --quiet --bin limpet -- --check -c "$docker_check"
 rm -f "$docker_check" "$docker_token"
+
+echo "==> Kubernetes manifests (kubernetes-validate) and their limpet config"
+./scripts/check-deploy.sh
 
 echo "==> fuzzing (AFL++ via cargo afl; 20 s per parser)"
 ./scripts/fuzz.sh "${LIMPET_FUZZ_SECONDS:-20}"
