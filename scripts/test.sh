@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests start for real: Redis (shared sticky store and the chat demo), Prometheus (scrape +
-# promtool), Chromium (browser test), docker-compose (validating docker-compose.yml; no engine is needed).
+# promtool), Chromium (browser test), docker-compose (validating docker-compose.yml; no engine is needed), dnsmasq
+# (the DNS server the membership tests change records on).
 . scripts/lib/apt.sh
 ensure_apt_packages redis-server prometheus chromium docker-compose dnsmasq-base
 

@@ -14,7 +14,7 @@ use super::Checker;
 use crate::config::raw::{RawStateFile, RawUpstream, RawUpstreamServer};
 use crate::config::ServerEntry as Entry;
 use crate::config::{
-    Balance, DnsEntry, HashKey, Lookup, Origin, Problem, ServerSpec, Sticky, Upstream, UpstreamTls,
+    Balance, DnsEntry, HashKey, Lookup, Origin, Problem, ServerSpec, Upstream, UpstreamTls,
 };
 
 const DEFAULT_KEEPALIVE: i64 = 64;
@@ -98,10 +98,9 @@ fn upstream(c: &mut Checker, path: &str, name: &str, u: &RawUpstream) -> Upstrea
     }
     let state_file = u.state_file.as_ref().map(PathBuf::from);
     let (servers, dns) = match &state_file {
-        Some(file) => server_list_from_state(c, path, file, &u.server),
-        None => server_list(c, path, &u.server, &HashSet::new()),
+        Some(file) => server_list_from_state(c, path, file, &u.server, sticky.sid_prefix),
+        None => server_list(c, path, &u.server, &HashSet::new(), sticky.sid_prefix),
     };
-    check_server_set(c, path, &servers, &dns, &sticky);
     let health_check = u
         .health_check
         .as_ref()
@@ -129,6 +128,7 @@ fn server_list(
     path: &str,
     raw: &[RawUpstreamServer],
     from_config: &HashSet<String>,
+    sid_prefix: bool,
 ) -> (Vec<ServerSpec>, Vec<DnsEntry>) {
     if raw.is_empty() {
         c.error(
@@ -138,19 +138,54 @@ fn server_list(
     }
     let mut servers = Vec::new();
     let mut dns = Vec::new();
+    let mut names = HashSet::new();
+    let mut routes = HashSet::new();
     for (i, s) in raw.iter().enumerate() {
-        match server_entry(c, &format!("{path}.server[{i}]"), s) {
-            Some(Entry::Fixed(mut spec)) => {
+        let at = format!("{path}.server[{i}]");
+        let Some(entry) = server_entry(c, &at, s) else {
+            continue;
+        };
+        if !names.insert(entry.name().to_string()) {
+            let key = if s.addr.is_some() { "addr" } else { "service" };
+            c.error(
+                format!("{at}.{key}"),
+                format!("{:?} is listed twice", entry.name()),
+            );
+        }
+        match entry {
+            Entry::Fixed(mut spec) => {
+                if sid_prefix {
+                    prefix_route(c, &at, &spec.route, &mut routes);
+                }
                 if !from_config.is_empty() && !from_config.contains(&spec.name) {
                     spec.origin = Origin::Api;
                 }
                 servers.push(spec);
             }
-            Some(Entry::Dns(entry)) => dns.push(entry),
-            None => {}
+            Entry::Dns(entry) => {
+                if sid_prefix {
+                    c.error(
+                        &at,
+                        "sticky.sid_prefix needs one route per server: a resolve or service entry names many",
+                    );
+                }
+                dns.push(entry);
+            }
         }
     }
     (servers, dns)
+}
+
+/// With `sticky.sid_prefix`, every server needs a route of its own.
+fn prefix_route(c: &mut Checker, at: &str, route: &str, routes: &mut HashSet<String>) {
+    if route.is_empty() {
+        c.error(
+            format!("{at}.route"),
+            "sticky.sid_prefix needs a route on every server",
+        );
+    } else if !routes.insert(route.to_string()) {
+        c.error(format!("{at}.route"), format!("{route:?} is used twice"));
+    }
 }
 
 /// The server list of an upstream with `state_file`: the file's when it exists, else the config's (which seeds
@@ -160,12 +195,13 @@ fn server_list_from_state(
     path: &str,
     file: &Path,
     config_servers: &[RawUpstreamServer],
+    sid_prefix: bool,
 ) -> (Vec<ServerSpec>, Vec<DnsEntry>) {
     let at = format!("{path}.state_file");
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return server_list(c, path, config_servers, &HashSet::new());
+            return server_list(c, path, config_servers, &HashSet::new(), sid_prefix);
         }
         Err(e) => {
             c.error(&at, format!("cannot read {}: {e}", file.display()));
@@ -201,6 +237,7 @@ fn server_list_from_state(
         &format!("{at} ({})", file.display()),
         &raw.server,
         &from_config,
+        sid_prefix,
     )
 }
 
@@ -415,47 +452,6 @@ fn upstream_addr(c: &mut Checker, path: &str, text: &str) -> Option<SocketAddr> 
         Err(e) => {
             c.error(path, format!("cannot resolve {text:?}: {e}"));
             None
-        }
-    }
-}
-
-fn check_server_set(
-    c: &mut Checker,
-    path: &str,
-    servers: &[ServerSpec],
-    dns: &[DnsEntry],
-    sticky: &Sticky,
-) {
-    let mut seen = HashSet::new();
-    let names = servers.iter().chain(dns.iter().map(|d| &d.template));
-    for (i, s) in names.enumerate() {
-        if !seen.insert(&s.name) {
-            c.error(
-                format!("{path}.server[{i}].addr"),
-                format!("{:?} is listed twice", s.name),
-            );
-        }
-    }
-    if sticky.sid_prefix {
-        for (i, _) in dns.iter().enumerate() {
-            c.error(
-                format!("{path}.server[{}]", servers.len() + i),
-                "sticky.sid_prefix needs one route per server: a resolve or service entry names many",
-            );
-        }
-        let mut routes = HashSet::new();
-        for (i, s) in servers.iter().enumerate() {
-            if s.route.is_empty() {
-                c.error(
-                    format!("{path}.server[{i}].route"),
-                    "sticky.sid_prefix needs a route on every server",
-                );
-            } else if !routes.insert(&s.route) {
-                c.error(
-                    format!("{path}.server[{i}].route"),
-                    format!("{:?} is used twice", s.route),
-                );
-            }
         }
     }
 }
