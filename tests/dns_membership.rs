@@ -7,7 +7,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::Value;
 use support::dns::{port_free_on, Dnsmasq, Srv};
 use support::metrics::metric;
 use support::node::{assert_connected_cleanly, Node, SioClient};
@@ -73,6 +72,18 @@ async fn wait_servers(limpet: &Limpet, name: &str, want: &[(String, &str)]) {
     }
 }
 
+/// Records of fleet.test: one per address 127.0.0.N.
+fn fleet(lasts: &[u8]) -> Vec<(&'static str, IpAddr)> {
+    lasts.iter().map(|&n| ("fleet.test", ip(n))).collect()
+}
+
+/// Servers 127.0.0.N:port in these states.
+fn states(port: u16, want: &[(u8, &'static str)]) -> Vec<(String, &'static str)> {
+    want.iter()
+        .map(|&(n, state)| (at(n, port), state))
+        .collect()
+}
+
 fn at(last: u8, port: u16) -> String {
     SocketAddr::new(ip(last), port).to_string()
 }
@@ -92,12 +103,7 @@ async fn a_fleet_that_changes_in_dns_keeps_every_live_session() {
     );
     let limpet = Limpet::start(&config);
     // Ready means both named servers passed their first check: the first clients spread over both.
-    wait_servers(
-        &limpet,
-        "io_nodes",
-        &[(at(2, port), "up"), (at(3, port), "up")],
-    )
-    .await;
+    wait_servers(&limpet, "io_nodes", &states(port, &[(2, "up"), (3, "up")])).await;
     let url = limpet.url();
     let live_polling = SioClient::spawn(
         &url,
@@ -120,19 +126,11 @@ async fn a_fleet_that_changes_in_dns_keeps_every_live_session() {
 
     // Added: n3 takes new sessions once its first check passed.
     let _n3 = node("n3", 4);
-    dns.set_hosts(&[
-        ("fleet.test", ip(2)),
-        ("fleet.test", ip(3)),
-        ("fleet.test", ip(4)),
-    ]);
+    dns.set_hosts(&fleet(&[2, 3, 4]));
     wait_servers(
         &limpet,
         "io_nodes",
-        &[
-            (at(2, port), "up"),
-            (at(3, port), "up"),
-            (at(4, port), "up"),
-        ],
+        &states(port, &[(2, "up"), (3, "up"), (4, "up")]),
     )
     .await;
     let fresh = SioClient::run_to_end(&url, "--clients 6 --emits 1").await;
@@ -144,34 +142,23 @@ async fn a_fleet_that_changes_in_dns_keeps_every_live_session() {
 
     // Changed: n2's name now points at another node; n2 still answers its own sessions while it drains.
     let _n2b = node("n2b", 5);
-    dns.set_hosts(&[
-        ("fleet.test", ip(2)),
-        ("fleet.test", ip(4)),
-        ("fleet.test", ip(5)),
-    ]);
+    dns.set_hosts(&fleet(&[2, 4, 5]));
     wait_servers(
         &limpet,
         "io_nodes",
-        &[
-            (at(2, port), "up"),
-            (at(3, port), "draining"),
-            (at(4, port), "up"),
-            (at(5, port), "up"),
-        ],
+        &states(port, &[(2, "up"), (3, "draining"), (4, "up"), (5, "up")]),
     )
     .await;
 
     // Removed: n1 leaves DNS and drains too; new sessions go only to the named nodes.
-    dns.set_hosts(&[("fleet.test", ip(4)), ("fleet.test", ip(5))]);
+    dns.set_hosts(&fleet(&[4, 5]));
     wait_servers(
         &limpet,
         "io_nodes",
-        &[
-            (at(2, port), "draining"),
-            (at(3, port), "draining"),
-            (at(4, port), "up"),
-            (at(5, port), "up"),
-        ],
+        &states(
+            port,
+            &[(2, "draining"), (3, "draining"), (4, "up"), (5, "up")],
+        ),
     )
     .await;
     let fresh = SioClient::run_to_end(&url, "--clients 6 --emits 1").await;
@@ -198,12 +185,7 @@ async fn a_fleet_that_changes_in_dns_keeps_every_live_session() {
     // A departing server goes once its address stops answering (its sessions are gone with it).
     n1.kill();
     n2.kill();
-    wait_servers(
-        &limpet,
-        "io_nodes",
-        &[(at(4, port), "up"), (at(5, port), "up")],
-    )
-    .await;
+    wait_servers(&limpet, "io_nodes", &states(port, &[(4, "up"), (5, "up")])).await;
     let m = limpet.metrics().await;
     assert_eq!(
         metric(
@@ -286,7 +268,7 @@ async fn a_dns_outage_or_an_empty_answer_changes_nothing() {
         .any(|l| l.contains("DNS lookup failed")));
 
     // A record back, one gone: the server that lost its record holds nothing, so it drains and goes at once.
-    dns.set_hosts(&[("fleet.test", ip(3))]);
+    dns.set_hosts(&fleet(&[3]));
     wait_servers(&limpet, "app", &[(at(3, port), "up")]).await;
     served(1).await;
     assert!(b.hits() > 0 && a.hits() > 0);
@@ -336,15 +318,7 @@ async fn srv_records_give_ports_weights_and_backups() {
         .collect();
     wait_servers(&limpet, "app", &want).await;
     let status = limpet.status().await;
-    let entry = |addr: SocketAddr| -> Value {
-        status["upstreams"]["app"]["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["addr"] == addr.to_string())
-            .cloned()
-            .expect("server listed")
-    };
+    let entry = |addr: SocketAddr| server_entry(&status, addr);
     assert_eq!(entry(backends[1].addr)["weight"], 3);
     assert_eq!(
         entry(backends[2].addr)["backup"],
