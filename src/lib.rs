@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: the TOML file, its defaults and validation (every error with its key path).
 //! - [`runtime`]: the immutable snapshot built from a config; state carried across reloads.
-//! - [`app`]: the running process: snapshot swap on reload, graceful shutdown, signals.
+//! - [`app`]: the running process: snapshot swap on reload, graceful shutdown, signals, binary upgrades
+//!   (with [`upgrade`], the hand-over channel).
 //! - [`listener`]: accept loops, PROXY protocol, TLS, HTTP/1.1 serving of client connections.
 //! - [`proxy`]: one request, one way: read its facts once (`request`), route, plan (`affinity`: sid stickiness),
 //!   send over pooled upstream connections, respond; errors; the WebSocket tunnel.
@@ -48,6 +49,7 @@ mod sticky;
 mod stream;
 mod sync;
 mod tls;
+mod upgrade;
 mod upstream;
 mod warn_limit;
 
@@ -82,7 +84,7 @@ pub async fn run(
         })
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| format!("listen socket: {e}"))?;
-    let (app, admin) = app::App::start(config_path, loaded, sockets)
+    let (app, admin) = app::App::start(config_path, loaded, (sockets, None))
         .await
         .map_err(|e| e.to_string())?;
     let admin = admin.map(|admin| tokio::spawn(admin::serve(app.clone(), admin)));

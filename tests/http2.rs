@@ -627,7 +627,7 @@ async fn an_h2_tunnel_open_at_shutdown_lasts_until_shutdown_timeout() {
     let ws_backend = WsBackend::start().await;
     let http = HttpBackend::start("plain").await;
     let config = format!(
-        "[global]\nshutdown_timeout = \"2s\"\n\n{}",
+        "[global]\nshutdown_timeout = \"2s\"\nclose_spread = \"0s\"\n\n{}",
         ws_and_http_config(ws_backend.addr, http.addr, "h2c = true")
     );
     let mut limpet = Limpet::start(&config);

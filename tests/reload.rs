@@ -15,7 +15,7 @@ const WAIT: Duration = Duration::from_secs(15);
 
 fn config(listen: &str, http: &[(SocketAddr, u32)], ws: SocketAddr, extra_global: &str) -> String {
     let mut s = format!(
-        "[global]\nshutdown_timeout = \"2s\"\n{extra_global}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+        "[global]\nshutdown_timeout = \"2s\"\nclose_spread = \"0s\"\n{extra_global}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [[server]]\nlisten = [\"{listen}\"]\n\n\
          [[server.location]]\npath = \"/ws\"\nproxy_pass = \"ws\"\n\n\
          [[server.location]]\npath = \"/\"\nproxy_pass = \"app\"\n\n\

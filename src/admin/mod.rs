@@ -45,8 +45,17 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
         info!(local = %local, "admin listening");
     }
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // While another process accepts here (an upgrade taking over), this one does not.
+    let mut paused = app.process().admin_paused();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        if *paused.borrow() && paused.wait_for(|p| !*p).await.is_err() {
+            return;
+        }
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = paused.wait_for(|p| *p) => continue,
+        };
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 debug!(error = %e, "admin accept failed");
@@ -59,7 +68,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
             continue;
         };
         let app = app.clone();
-        tokio::spawn(async move {
+        let tracker = app.process().admin_connections.clone();
+        tracker.spawn(async move {
             let service = service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(route(&app, req).await) }
@@ -89,11 +99,12 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
             Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
         },
         (&Method::POST, p) if p.starts_with("/servers/") => drain(app, p),
+        (&Method::POST, "/upgrade") => upgrade(app).await,
         (_, p) if p.starts_with("/upstreams/") => {
             let rest = p.trim_start_matches("/upstreams/").to_string();
             servers::route(app, req, &rest).await
         }
-        (_, "/metrics" | "/healthz" | "/status" | "/reload") => {
+        (_, "/metrics" | "/healthz" | "/status" | "/reload" | "/upgrade") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -277,7 +288,29 @@ fn status(app: &App) -> serde_json::Value {
             (up.name().to_string(), upstream)
         })
         .collect();
-    json!({ "ready": app.is_ready(), "stopping": app.is_stopping(), "upstreams": upstreams })
+    json!({
+        "ready": app.is_ready(),
+        "stopping": app.is_stopping(),
+        "process": app.process().status(),
+        "upstreams": upstreams,
+    })
+}
+
+/// `POST /upgrade`: hands this process over to the binary at its path; answers once the new one serves.
+async fn upgrade(app: &Arc<App>) -> AdminResponse {
+    match app.upgrade().await {
+        Ok(pid) => json_response(
+            StatusCode::OK,
+            &json!({ "upgraded": true, "old_pid": std::process::id(), "new_pid": pid }),
+        ),
+        Err(e @ crate::app::UpgradeError::Busy(_)) => {
+            json_response(StatusCode::CONFLICT, &json!({ "error": e.to_string() }))
+        }
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({ "error": e.to_string() }),
+        ),
+    }
 }
 
 /// A balance method as the config spells it.

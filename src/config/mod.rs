@@ -44,6 +44,10 @@ pub struct Global {
     pub resolve_min: Duration,
     /// Re-resolve no later than this, however long the record's TTL.
     pub resolve_max: Duration,
+    /// After a binary upgrade, how long the old process keeps its tunnels and in-flight requests.
+    pub upgrade_linger: Duration,
+    /// Many tunnels to close at once (shutdown, the end of `upgrade_linger`) are closed over this time.
+    pub close_spread: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,6 +26,8 @@ pub struct RawGlobal {
     pub resolver: Option<Vec<String>>,
     pub resolve_min: Option<String>,
     pub resolve_max: Option<String>,
+    pub upgrade_linger: Option<String>,
+    pub close_spread: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

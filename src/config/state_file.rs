@@ -9,6 +9,11 @@ use toml::{Table, Value};
 
 use super::{DnsEntry, Lookup, ServerSpec, Upstream};
 
+/// Reads a server list written by [`render`].
+pub fn parse(text: &str) -> Result<(Vec<ServerSpec>, Vec<DnsEntry>), Vec<super::Problem>> {
+    super::validate::server_list_text(text)
+}
+
 /// Writes the server list of `up` to `path`: a temporary file beside it, synced, then renamed over it, so a
 /// reader sees the old list or the new one, never half of one.
 pub fn write(path: &Path, up: &Upstream) -> std::io::Result<()> {

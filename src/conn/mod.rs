@@ -5,6 +5,7 @@ pub mod head_scan;
 pub mod idle_io;
 pub mod slots;
 pub mod streams;
+pub mod tunnels;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,4 +43,25 @@ pub struct ConnHold {
     pub _per_ip: Option<slots::IpPermit>,
     /// The open streams of an HTTP/2 connection (None on HTTP/1.1).
     pub streams: Option<Arc<streams::Streams>>,
+    /// The process's open tunnels, closed paced when it has to close them all.
+    pub tunnels: Arc<tunnels::Tunnels>,
+}
+
+/// When open tunnels are closed: one after another between `from` and `from + spread`, so the fleet behind and
+/// the clients in front see a trickle of reconnects, not a burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseAt {
+    pub from: tokio::time::Instant,
+    pub spread: std::time::Duration,
+}
+
+impl CloseAt {
+    /// The closing window that ends `within` from now and lasts `spread` (at most `within`).
+    pub fn ending_within(within: std::time::Duration, spread: std::time::Duration) -> CloseAt {
+        let spread = spread.min(within);
+        CloseAt {
+            from: crate::deadline::after(tokio::time::Instant::now(), within - spread),
+            spread,
+        }
+    }
 }

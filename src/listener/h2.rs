@@ -98,7 +98,7 @@ pub(super) async fn serve(
     }
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let stopped = shared.stopped();
+    let stopped = shared.stopped_or_handed_over();
     let limits = settings.limits;
     let idle = Idle {
         streams: &streams,

@@ -74,9 +74,28 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Turns true when the process shuts down.
     pub stopping: watch::Receiver<bool>,
+    /// Every open tunnel, to be closed paced at shutdown.
+    pub tunnels: Arc<crate::conn::tunnels::Tunnels>,
+    /// Turns true once a binary upgrade handed over to a new process: HTTP/1.1 connections close after their
+    /// next answer (`Connection: close`, so no client sends on a connection being closed), HTTP/2 ones get GOAWAY.
+    pub handed_over: watch::Receiver<bool>,
+    /// The same, read on every HTTP/1.1 answer.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
+    /// Resolves once the process starts shutting down or hands over to a new one.
+    fn stopped_or_handed_over(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let stopped = self.stopped();
+        let mut handed = self.handed_over.clone();
+        async move {
+            tokio::select! {
+                () = stopped => {}
+                _ = handed.wait_for(|h| *h) => {}
+            }
+        }
+    }
+
     /// Resolves once the process starts shutting down.
     fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut stop = self.stopping.clone();
@@ -97,6 +116,9 @@ impl Shared {
 #[derive(Default)]
 pub struct Listeners {
     running: HashMap<SocketAddr, watch::Sender<bool>>,
+    /// A second descriptor of each listening socket: what a binary upgrade passes on, and what accepting
+    /// resumes from when an upgrade fails after accepting stopped.
+    sockets: HashMap<SocketAddr, std::os::fd::OwnedFd>,
 }
 
 impl Listeners {
@@ -136,7 +158,17 @@ impl Listeners {
             }
             keep
         });
+        self.sockets.retain(|addr, _| keep(addr));
         for (addr, listener) in bound {
+            use std::os::fd::AsFd;
+            match listener.as_fd().try_clone_to_owned() {
+                Ok(fd) => {
+                    self.sockets.insert(addr, fd);
+                }
+                Err(e) => {
+                    warn!(listen = %addr, error = %e, "cannot keep a second descriptor: this socket cannot be handed to an upgrade")
+                }
+            }
             let (tx, rx) = watch::channel(false);
             let local = listener
                 .local_addr()
@@ -148,11 +180,45 @@ impl Listeners {
         }
     }
 
-    /// Stops every accept loop.
+    /// Stops every accept loop and closes the listening sockets.
     pub fn stop_all(&mut self) {
+        self.pause();
+        self.sockets.clear();
+    }
+
+    /// Stops every accept loop, keeping the sockets open (another process accepts on them now).
+    pub fn pause(&mut self) {
         for (_, stop) in self.running.drain() {
             let _ = stop.send(true);
         }
+    }
+
+    /// Starts accepting again on the sockets kept by [`Listeners::pause`].
+    pub fn resume(&mut self, shared: &Shared) {
+        let mut bound = Vec::new();
+        for (addr, fd) in &self.sockets {
+            let socket = fd
+                .try_clone()
+                .map(std::net::TcpListener::from)
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    TcpListener::from_std(l)
+                });
+            match socket {
+                Ok(l) => bound.push((*addr, l)),
+                Err(e) => warn!(listen = %addr, error = %e, "cannot accept again"),
+            }
+        }
+        self.sockets.clear();
+        self.apply(shared, bound, &|_| true);
+    }
+
+    /// The listening sockets, for a binary upgrade: each address with a descriptor of its own.
+    pub fn descriptors(&self) -> Vec<(SocketAddr, std::os::fd::OwnedFd)> {
+        self.sockets
+            .iter()
+            .filter_map(|(a, fd)| Some((*a, fd.try_clone().ok()?)))
+            .collect()
     }
 }
 
@@ -348,6 +414,7 @@ async fn serve(shared: Shared, conn: Accepted) {
             permit,
             _per_ip: per_ip,
             streams: streams.clone(),
+            tunnels: shared.tunnels.clone(),
         }),
     };
     if let Some(streams) = streams {
@@ -459,6 +526,7 @@ async fn serve_http(
     (reuse, clock): (Arc<Reuse>, Clock),
 ) {
     let snapshots = shared.snapshot.clone();
+    let draining = shared.draining.clone();
     let phase = ConnPhase::new(reuse, clock);
     let io = IdleIo::new(io, phase.clone(), settings.limits, started);
     let client = Arc::new(client);
@@ -466,11 +534,17 @@ async fn serve_http(
         let (busy, head) = Busy::new(&phase);
         let snapshots = snapshots.clone();
         let client = client.clone();
+        let draining = draining.clone();
         async move {
-            let resp = proxy::handle(snapshots.load_full(), &client, req, head).await;
+            let mut resp = proxy::handle(snapshots.load_full(), &client, req, head).await;
             if resp.extensions().get::<proxy::TunnelOpened>().is_some() {
                 busy.became_tunnel();
                 client.hold.permit.not_reusable();
+            } else if draining.load(std::sync::atomic::Ordering::Relaxed) {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
             }
             Ok::<_, Infallible>(resp.map(|body| Held::new(body, busy)))
         }

@@ -460,14 +460,17 @@ fn switch_protocols(
     });
     let (client_upgrade, in_flight) = (upgrade.client, lease.in_flight);
     let tracker = hold.tracker.clone();
-    tracker.spawn(tunnel::serve(
+    let tunnels = hold.tunnels.clone();
+    let key = tunnels.reserve();
+    let task = tracker.spawn(tunnel::serve(
         client_upgrade,
         Box::new(conn.into_upgraded()),
         idle,
         in_flight,
         log,
-        hold,
+        (hold, key),
     ));
+    tunnels.insert(key, task.abort_handle());
     client_resp
 }
 

@@ -64,13 +64,14 @@ pub fn serve(
     idle: Duration,
     in_flight: InFlight,
     log: Option<Box<TunnelLog>>,
-    hold: Arc<ConnHold>,
+    (hold, key): (Arc<ConnHold>, u64),
 ) -> Task<impl Future<Output = Carried>> {
     let stream = hold.streams.as_ref().map(|s| s.open());
     Task {
         relay: run(client, upstream, idle, in_flight),
         log,
         hold: Some((hold, stream)),
+        key,
     }
 }
 
@@ -82,6 +83,16 @@ pin_project_lite::pin_project! {
         relay: F,
         log: Option<Box<TunnelLog>>,
         hold: Option<(Arc<ConnHold>, Option<StreamGuard>)>,
+        // Its key among the process's open tunnels.
+        key: u64,
+    }
+
+    impl<F> PinnedDrop for Task<F> {
+        // A tunnel closed by the process (its task aborted at shutdown) still leaves its line and its place.
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            finish(this.log, this.hold, *this.key, Carried::default());
+        }
     }
 }
 
@@ -91,12 +102,24 @@ impl<F: Future<Output = Carried>> Future for Task<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
         let carried = std::task::ready!(this.relay.poll(cx));
-        if let Some(t) = this.log.take() {
-            t.log
-                .tunnel_ended(&t.entry, carried.from_server, carried.from_client);
-        }
-        this.hold.take();
+        finish(this.log, this.hold, *this.key, carried);
         Poll::Ready(())
+    }
+}
+
+/// Writes the tunnel's access log line and lets go of its connection and its key, once.
+fn finish(
+    log: &mut Option<Box<TunnelLog>>,
+    hold: &mut Option<(Arc<ConnHold>, Option<StreamGuard>)>,
+    key: u64,
+    carried: Carried,
+) {
+    if let Some(t) = log.take() {
+        t.log
+            .tunnel_ended(&t.entry, carried.from_server, carried.from_client);
+    }
+    if let Some((hold, _stream)) = hold.take() {
+        hold.tunnels.remove(key);
     }
 }
 

@@ -87,6 +87,8 @@ pub struct SessionTable {
     max_sessions: AtomicUsize,
     len: AtomicUsize,
     on_count: CountFn,
+    /// Where learned sessions are copied while a binary upgrade hands them over.
+    mirror: arc_swap::ArcSwapOption<std::sync::mpsc::Sender<(u64, ServerId)>>,
 }
 
 impl SessionTable {
@@ -107,6 +109,7 @@ impl SessionTable {
             max_sessions: AtomicUsize::new(max_sessions),
             len: AtomicUsize::new(0),
             on_count,
+            mirror: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -116,10 +119,51 @@ impl SessionTable {
     pub fn learn(&self, sid: &str, server: ServerId) {
         let key = sid_key(sid);
         let now = self.now();
+        self.insert(key, server, now, now);
+        if let Some(mirror) = self.mirror.load().as_ref() {
+            let _ = mirror.send((key, server));
+        }
+    }
+
+    /// Every live entry, for a hand-over: (key, server, time since it was last seen). Entries of servers that
+    /// went away are left out.
+    pub fn export(&self) -> Vec<(u64, ServerId, Duration)> {
+        let now = self.now();
+        let ttl = self.ttl.load(Ordering::Relaxed);
+        let mut out = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            for (key, slot) in lock(shard).iter() {
+                let idle = now.saturating_sub(slot.seen);
+                if slot.server != GONE && idle <= ttl {
+                    let idle = Duration::from_millis(u64::from(idle) * TICK_MILLIS as u64);
+                    out.push((*key, slot.server, idle));
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds an entry handed over by another process, seen `idle` ago; one the table learned itself meanwhile
+    /// stays as it is.
+    pub fn import(&self, key: u64, server: ServerId, idle: Duration) {
+        if self.shard(key).contains_key(&key) {
+            return;
+        }
+        let now = self.now();
+        let seen = now.saturating_sub(ticks(idle));
+        self.insert(key, server, seen, now);
+    }
+
+    /// From now on, sends every session learned (key, server) to `mirror` (None: stops).
+    pub fn set_mirror(&self, mirror: Option<std::sync::mpsc::Sender<(u64, ServerId)>>) {
+        self.mirror.store(mirror.map(Arc::new));
+    }
+
+    fn insert(&self, key: u64, server: ServerId, seen: Tick, stored: Tick) {
         let slot = Slot {
             server,
-            seen: now,
-            stored: now,
+            seen,
+            stored,
         };
         let mut evicted = Deltas::default();
         let previous = {

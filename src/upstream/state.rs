@@ -254,6 +254,23 @@ impl ServerState {
         was_down
     }
 
+    /// A passive mark in force at `now`, for a hand-over: Some(Some(ms left)), or Some(None) for one that lasts
+    /// until an active check passes.
+    pub fn passive_left(&self, now: u64) -> Option<Option<u64>> {
+        match self.down_until_ms.load(Relaxed) {
+            UNTIL_CHECK_PASSES => Some(None),
+            until if until > now => Some(Some(until - now)),
+            _ => None,
+        }
+    }
+
+    /// Puts back a passive mark handed over by another process (see [`ServerState::passive_left`]).
+    pub fn restore_passive(&self, left: Option<u64>) {
+        let until = left.map_or(UNTIL_CHECK_PASSES, |ms| now_ms().saturating_add(ms));
+        self.down_until_ms.store(until, Relaxed);
+        self.passive_logged.store(true, Relaxed);
+    }
+
     /// True once for a passive mark that ran out on its own (after `fail_timeout`), so its end is logged once.
     pub fn passive_mark_ended(&self, now: u64) -> bool {
         let ended = self.passive_logged.load(Relaxed)

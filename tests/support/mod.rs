@@ -88,8 +88,30 @@ impl Limpet {
         self.wait_ready(listeners, self.admin.is_some());
     }
 
+    /// Starts `binary` (a copy of limpet, e.g. for an upgrade) on `config`, as [`Limpet::start`] does.
+    pub fn start_binary(binary: &std::path::Path, config: &str) -> Limpet {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("limpet.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut l = Limpet::spawn_binary(binary, dir, config_path);
+        l.wait_ready(1, config.contains("[admin]"));
+        l
+    }
+
     fn spawn(dir: tempfile::TempDir, config_path: PathBuf) -> Limpet {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_limpet"))
+        Limpet::spawn_binary(
+            std::path::Path::new(env!("CARGO_BIN_EXE_limpet")),
+            dir,
+            config_path,
+        )
+    }
+
+    fn spawn_binary(
+        binary: &std::path::Path,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+    ) -> Limpet {
+        let mut child = Command::new(binary)
             .arg("-c")
             .arg(&config_path)
             .env(

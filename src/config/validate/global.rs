@@ -12,6 +12,8 @@ const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_RESOLVE_MIN: Duration = Duration::from_secs(1);
 const DEFAULT_RESOLVE_MAX: Duration = Duration::from_secs(30);
+const DEFAULT_UPGRADE_LINGER: Duration = Duration::from_secs(3600);
+const DEFAULT_CLOSE_SPREAD: Duration = Duration::from_secs(10);
 
 /// `resolver`: DNS servers as `IP:port` (a bare IP means port 53).
 fn resolver(c: &mut Checker, list: &[String]) -> Vec<SocketAddr> {
@@ -73,8 +75,16 @@ pub(super) fn global(c: &mut Checker, g: &RawGlobal) -> Global {
             ),
         );
     }
+    let upgrade_linger = c.duration(
+        "global.upgrade_linger",
+        &g.upgrade_linger,
+        DEFAULT_UPGRADE_LINGER,
+    );
+    let close_spread = c.duration("global.close_spread", &g.close_spread, DEFAULT_CLOSE_SPREAD);
     Global {
         workers,
+        upgrade_linger,
+        close_spread,
         resolver,
         resolve_min,
         resolve_max,

@@ -10,7 +10,7 @@ mod server;
 mod sticky;
 mod upstream;
 
-pub(super) use self::upstream::api_entry;
+pub(super) use self::upstream::{api_entry, server_list_text};
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;

@@ -241,6 +241,25 @@ fn server_list_from_state(
     )
 }
 
+/// A server list in the state file's form (`[[server]]` tables), validated with the config's rules.
+pub(in crate::config) fn server_list_text(
+    text: &str,
+) -> Result<(Vec<ServerSpec>, Vec<DnsEntry>), Vec<Problem>> {
+    let raw: RawStateFile = toml::from_str(text).map_err(|e| {
+        vec![Problem {
+            path: String::new(),
+            message: e.message().to_string(),
+        }]
+    })?;
+    let mut c = Checker::default();
+    let list = server_list(&mut c, "", &raw.server, &HashSet::new(), false);
+    if c.problems.is_empty() {
+        Ok(list)
+    } else {
+        Err(c.problems)
+    }
+}
+
 /// One server entry as the runtime API gives it (the keys of a `[[upstream.NAME.server]]`), validated with the
 /// config's rules; it counts as added through the API.
 pub(in crate::config) fn api_entry(raw: &RawUpstreamServer) -> Result<Entry, Vec<Problem>> {

@@ -1,4 +1,9 @@
-//! The running process: the current snapshot, the listeners, reload and graceful shutdown.
+//! The running process: the current snapshot, the listeners, reload and graceful shutdown; the binary upgrade's
+//! hand-over is in [`upgrade`].
+
+mod upgrade;
+
+pub use upgrade::UpgradeError;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +20,7 @@ use tracing::{error, info, warn};
 use crate::access_log::AccessLog;
 use crate::clock::now_ms;
 use crate::config::{self, Config, Problem};
+use crate::conn::CloseAt;
 use crate::health::FirstRound;
 use crate::listener::{take_given, Listeners, Shared};
 use crate::metrics::metrics;
@@ -46,6 +52,8 @@ pub struct App {
     lookups: Mutex<Option<watch::Sender<bool>>>,
     /// Where DNS tasks send their answers.
     answers: mpsc::Sender<Answer>,
+    /// This process: how it was started, its generation, and where an upgrade stands.
+    process: upgrade::Process,
 }
 
 /// What a running limpet is told to do (by signals, or by the caller of an in-process run).
@@ -55,6 +63,8 @@ pub enum Command {
     Reload,
     /// Shut down gracefully (SIGTERM, SIGINT).
     Stop,
+    /// Hand over to a new process started from the same binary path (SIGUSR2).
+    Upgrade,
 }
 
 /// What [`App::drive`] needs to become ready.
@@ -84,17 +94,22 @@ impl App {
     pub async fn start(
         config_path: PathBuf,
         loaded: config::Loaded,
-        mut given: Vec<(SocketAddr, TcpListener)>,
+        (mut given, given_admin): (Vec<(SocketAddr, TcpListener)>, Option<TcpListener>),
     ) -> Result<(Arc<App>, Option<TcpListener>), ApplyError> {
         let tls = runtime::tls_configs(&loaded.config).map_err(|p| problems(&config_path, p))?;
         let carry = Carry::default();
         let admin = match &loaded.config.admin {
-            Some(a) => Some(match take_given(&mut given, a.listen) {
-                Some(socket) => socket,
-                None => crate::listener::bind(a.listen).map_err(|e| {
-                    ApplyError::Bind(format!("cannot listen on {} (admin.listen): {e}", a.listen))
-                })?,
-            }),
+            Some(a) => Some(
+                match given_admin.or_else(|| take_given(&mut given, a.listen)) {
+                    Some(socket) => socket,
+                    None => crate::listener::bind(a.listen).map_err(|e| {
+                        ApplyError::Bind(format!(
+                            "cannot listen on {} (admin.listen): {e}",
+                            a.listen
+                        ))
+                    })?,
+                },
+            ),
             None => None,
         };
         let listeners = Listeners::default();
@@ -113,12 +128,16 @@ impl App {
         let snapshot = carry.build(base.clone(), tls, Arc::new(access_log));
         let (stopping, stop_rx) = watch::channel(false);
         let (answers, answers_rx) = mpsc::channel(64);
+        let process = upgrade::Process::new();
         let app = Arc::new(App {
             shared: Shared {
                 snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
                 slots: Arc::default(),
                 tracker: TaskTracker::new(),
                 stopping: stop_rx,
+                tunnels: Arc::default(),
+                handed_over: process.handed_over(),
+                draining: Arc::default(),
             },
             carry,
             config_path,
@@ -131,10 +150,12 @@ impl App {
             membership: Mutex::default(),
             lookups: Mutex::new(None),
             answers,
+            process,
             base: Mutex::new(base),
         });
         let first_round = app.start_background();
         let first_lookups = app.start_lookups();
+        app.process.note_admin(admin.as_ref());
         tokio::spawn(app.clone().follow_membership(answers_rx));
         *lock(&app.starting) = Some(Starting {
             bound,
@@ -158,10 +179,21 @@ impl App {
         if let Some(round) = named {
             round.done().await;
         }
+        // Started by an upgrade: take the old process's sessions before the first connection.
+        let handed = self.take_over().await;
         self.lock_listeners()
             .apply(&self.shared, starting.bound, &|_| true);
         self.ready.store(true, Relaxed);
         info!(after = ?started.elapsed(), "ready: first health checks done, accepting");
+        self.process.admin_paused.send_replace(false);
+        if let Some(channel) = handed {
+            self.follow_old(channel);
+        }
+    }
+
+    /// This process as an upgrade sees it (`/status`, the admin listener's pause).
+    pub fn process(&self) -> &upgrade::Process {
+        &self.process
     }
 
     /// Accepting, after the first round of health checks.
@@ -419,7 +451,10 @@ impl App {
 
     /// Graceful shutdown: stop accepting, tell connections to finish, wait up to `shutdown_timeout`.
     pub async fn shutdown(self: &Arc<Self>) {
-        let timeout = self.snapshot().config.global.shutdown_timeout;
+        let global = self.snapshot().config.global.clone();
+        let timeout = global.shutdown_timeout;
+        // Tunnels still open near the end of shutdown_timeout are closed over its last close_spread.
+        self.close_tunnels(CloseAt::ending_within(timeout, global.close_spread));
         self.stopping.send_replace(true);
         self.lock_listeners().stop_all();
         info!(timeout = %humantime::format_duration(timeout), "shutting down: no longer accepting");
@@ -437,12 +472,19 @@ impl App {
         self.snapshot().access_log.flush().await;
     }
 
+    /// Closes every open tunnel, one after another over the window `at`.
+    fn close_tunnels(&self, at: CloseAt) {
+        let tunnels = self.shared.tunnels.clone();
+        tokio::spawn(async move { tunnels.close_paced(at).await });
+    }
+
     /// Runs until SIGTERM or SIGINT, reloading on SIGHUP.
     pub async fn run(self: Arc<Self>) -> std::io::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut usr2 = signal(SignalKind::user_defined2())?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
             loop {
@@ -453,6 +495,10 @@ impl App {
                     }
                     _ = term.recv() => Command::Stop,
                     _ = int.recv() => Command::Stop,
+                    _ = usr2.recv() => {
+                        info!("SIGUSR2: upgrading");
+                        Command::Upgrade
+                    }
                 };
                 if tx.send(command).await.is_err() {
                     return;
@@ -474,6 +520,7 @@ impl App {
                 _ = &mut ready => break,
                 command = commands.recv() => match command {
                     Some(Command::Reload) => reload_waiting = true,
+                    Some(Command::Upgrade) => warn!("upgrade refused: still starting"),
                     Some(Command::Stop) | None => return self.shutdown().await,
                 },
             }
@@ -481,8 +528,16 @@ impl App {
         if reload_waiting {
             let _ = self.reload().await;
         }
-        while let Some(Command::Reload) = commands.recv().await {
-            let _ = self.reload().await;
+        let mut handed_over = self.process.handed_over();
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Reload) => drop(self.reload().await),
+                    Some(Command::Upgrade) => drop(self.upgrade().await),
+                    Some(Command::Stop) | None => break,
+                },
+                _ = handed_over.wait_for(|h| *h) => return self.linger(&mut commands).await,
+            }
         }
         self.shutdown().await;
     }
