@@ -52,19 +52,17 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// `limpet upgrade -c config` with `binary`: (exit code, stdout + stderr).
-fn upgrade_command(binary: &Path, config: &Path) -> (i32, String) {
-    let out = Command::new(binary)
-        .args(["upgrade", "-c"])
-        .arg(config)
-        .output()
-        .expect("run limpet upgrade");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+/// `limpet upgrade -c <limpet's config>` with `binary`, off the runtime: (exit code, stdout + stderr).
+async fn upgrade_command(binary: &Binary, limpet: &Limpet) -> (i32, String) {
+    let (bin, config) = (binary.path.clone(), limpet.config_path.clone());
+    tokio::task::spawn_blocking(move || {
+        run_command(
+            &bin,
+            &["upgrade".as_ref(), "-c".as_ref(), config.as_os_str()],
+        )
+    })
+    .await
+    .expect("limpet upgrade")
 }
 
 fn process_field(status: &serde_json::Value, field: &str) -> serde_json::Value {
@@ -104,11 +102,7 @@ async fn an_upgrade_under_load_drops_no_connection_session_or_ack() {
     .await;
 
     binary.rebuild();
-    let config_path = limpet.config_path.clone();
-    let bin = binary.path.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || upgrade_command(&bin, &config_path))
-        .await
-        .expect("upgrade command");
+    let (code, out) = upgrade_command(&binary, &limpet).await;
     assert_eq!(code, 0, "{out}");
     let status = limpet.status().await;
     let new_pid = process_field(&status, "pid").as_u64().expect("pid") as u32;
@@ -164,11 +158,7 @@ async fn a_failing_new_config_leaves_the_old_process_serving() {
     limpet.write_config(
         &plain_config(backend.addr, "").replace("balance = \"sid\"", "balance = \"sideways\""),
     );
-    let config_path = limpet.config_path.clone();
-    let bin = binary.path.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || upgrade_command(&bin, &config_path))
-        .await
-        .expect("upgrade command");
+    let (code, out) = upgrade_command(&binary, &limpet).await;
     // The command reads the config too: it names the problem and asks nothing.
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("upstream.app.balance"), "{out}");

@@ -310,12 +310,19 @@ pub fn check_config(config: &str) -> (i32, String) {
 
 /// Runs `limpet --check -c path`.
 pub fn check_file(path: &std::path::Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_limpet"))
-        .arg("--check")
-        .arg("-c")
-        .arg(path)
+    let limpet = std::path::Path::new(env!("CARGO_BIN_EXE_limpet"));
+    run_command(
+        limpet,
+        &["--check".as_ref(), "-c".as_ref(), path.as_os_str()],
+    )
+}
+
+/// Runs `binary` with `args` to its end: (exit code, stdout + stderr).
+pub fn run_command(binary: &std::path::Path, args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let out = Command::new(binary)
+        .args(args)
         .output()
-        .expect("run limpet --check");
+        .unwrap_or_else(|e| panic!("run {}: {e}", binary.display()));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
