@@ -381,7 +381,7 @@ impl App {
             let mut membership = lock(&self.membership);
             let named = membership.named(&base);
             membership.note_departures(&old.config, &named);
-            membership.expand(&base)
+            membership.with_leaving(named)
         };
         let tls = match runtime::tls_for_servers(&old, &config) {
             Ok(tls) => tls,

@@ -291,14 +291,17 @@ impl App {
                 state.sessions.insert(up.name().to_string(), sessions);
             }
             for p in &up.peers {
-                let key = || (up.name().to_string(), p.spec.name.clone());
-                match p.state.drain_override() {
-                    DrainOverride::Drain => state.drains.push((key().0, key().1, true)),
-                    DrainOverride::Undrain => state.drains.push((key().0, key().1, false)),
-                    DrainOverride::None => {}
+                let (upstream, server) = (up.name(), p.spec.name.as_str());
+                let draining = match p.state.drain_override() {
+                    DrainOverride::Drain => Some(true),
+                    DrainOverride::Undrain => Some(false),
+                    DrainOverride::None => None,
+                };
+                if let Some(d) = draining {
+                    state.drains.push((upstream.into(), server.into(), d));
                 }
                 if let Some(left) = p.state.passive_left(now) {
-                    state.passive.push((key().0, key().1, left));
+                    state.passive.push((upstream.into(), server.into(), left));
                 }
             }
         }

@@ -76,7 +76,11 @@ impl Membership {
 
     /// The running config: `base` with the servers DNS named and the servers on their way out (draining).
     pub fn expand(&self, base: &Config) -> Config {
-        let mut config = self.named(base);
+        self.with_leaving(self.named(base))
+    }
+
+    /// `named` (see [`Membership::named`]) with the servers on their way out added (draining).
+    pub fn with_leaving(&self, mut config: Config) -> Config {
         for (name, up) in config.upstreams.iter_mut() {
             for spec in self.leaving.get(name).into_iter().flatten() {
                 if !up.servers.iter().any(|s| s.name == spec.name) {
