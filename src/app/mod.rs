@@ -337,20 +337,29 @@ impl App {
     }
 
     /// Applies DNS answers as they come, and drops departing servers once they hold nothing (checked every
-    /// second). Runs for the life of the process.
+    /// second). A change that comes while limpet is still starting is applied once it is ready. Runs for the life
+    /// of the process.
     async fn follow_membership(self: Arc<Self>, mut answers: mpsc::Receiver<Answer>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut pending = false;
         loop {
             let changed = tokio::select! {
                 answer = answers.recv() => match answer {
-                    Some(a) => lock(&self.membership).answer(&a.upstream, &a.entry, a.found),
+                    Some(a) => {
+                        let changed = lock(&self.membership).answer(&a.upstream, &a.entry, a.found);
+                        // Readiness (waiting on `first`) now sees the servers this answer names.
+                        drop(a.first);
+                        changed
+                    }
                     None => return,
                 },
                 _ = tick.tick() => self.prune_departed(),
             };
-            if changed && self.is_ready() && !self.is_stopping() {
+            pending |= changed;
+            if pending && self.is_ready() && !self.is_stopping() {
                 let _one_at_a_time = self.reloading.lock().await;
                 drop(self.swap_servers());
+                pending = false;
             }
         }
     }

@@ -23,6 +23,9 @@ pub struct Answer {
     pub upstream: String,
     pub entry: String,
     pub found: Vec<Found>,
+    /// The entry's first-lookup token, on its first good answer: dropped once the answer is applied, so readiness
+    /// sees the servers it names.
+    pub first: Option<mpsc::Sender<()>>,
 }
 
 /// How long one lookup may take in all (each server is asked with a shorter timeout).
@@ -55,8 +58,8 @@ pub fn resolver(global: &Global) -> Result<TokioAsyncResolver, ResolveError> {
 /// What a lookup found, and until when it holds.
 type Resolved = (Vec<Found>, Instant);
 
-/// Follows one entry until `stop`: reports good answers to `answers`; `first` is dropped after the first lookup
-/// (good or not).
+/// Follows one entry until `stop`: reports good answers to `answers`. `first` goes with the first good answer, or
+/// is dropped at the first empty one (a definitive answer); a failed lookup keeps it and tries again.
 pub async fn follow(
     resolver: TokioAsyncResolver,
     upstream: String,
@@ -87,6 +90,7 @@ pub async fn follow(
                     upstream: upstream.clone(),
                     entry: name.clone(),
                     found,
+                    first: first.take(),
                 };
                 if answers.send(answer).await.is_err() {
                     return;
@@ -99,10 +103,12 @@ pub async fn follow(
                 let why = match outcome {
                     Ok(Ok(_)) => {
                         empty.inc();
+                        drop(first.take());
                         "no records".to_string()
                     }
                     Ok(Err(e)) if matches!(e.kind(), ResolveErrorKind::NoRecordsFound { .. }) => {
                         empty.inc();
+                        drop(first.take());
                         "no records".to_string()
                     }
                     Ok(Err(e)) => {
@@ -120,7 +126,6 @@ pub async fn follow(
                 min
             }
         };
-        drop(first.take());
         tokio::select! {
             biased;
             r = stop.changed() => if r.is_err() || *stop.borrow() { return },

@@ -27,12 +27,16 @@ pub struct Dnsmasq {
 impl Dnsmasq {
     /// Starts dnsmasq answering `hosts` (name, address) and `srv`, and waits (10 s at most) until it listens.
     pub fn start(hosts: &[(&str, IpAddr)], srv: &[Srv<'_>]) -> Dnsmasq {
+        Dnsmasq::start_at(free_udp_port(), hosts, srv)
+    }
+
+    /// As [`Dnsmasq::start`], on `port` of 127.0.0.1 (see [`free_udp_port`]).
+    pub fn start_at(port: u16, hosts: &[(&str, IpAddr)], srv: &[Srv<'_>]) -> Dnsmasq {
         let dir = tempfile::tempdir().expect("tempdir");
         // dnsmasq drops its privileges when started as root: let it read the hosts directory.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
         let d_hosts = dir.path().join("hosts");
-        let port = free_udp_port();
         let mut cmd = Command::new(dnsmasq_bin());
         cmd.args([
             "--keep-in-foreground",
@@ -141,8 +145,8 @@ fn dnsmasq_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("dnsmasq"))
 }
 
-fn free_udp_port() -> u16 {
-    // Free for both UDP and TCP on 127.0.0.1.
+/// A port free for both UDP and TCP on 127.0.0.1.
+pub fn free_udp_port() -> u16 {
     loop {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
         let port = udp.local_addr().expect("addr").port();
