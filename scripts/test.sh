@@ -44,7 +44,7 @@ echo "==> browser tests (headless Chromium: long-polling tabs over HTTP/1.1 and 
 echo "==> cargo test"
 log=$(mktemp)
 set +e
-cargo test --all-targets -- --test-threads="${LIMPET_TEST_THREADS:-2}" 2>&1 | tee "$log"
+cargo test --all-targets --no-fail-fast -- --test-threads="${LIMPET_TEST_THREADS:-2}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$log")
