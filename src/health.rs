@@ -65,27 +65,14 @@ pub fn start(snap: &Arc<Snapshot>, stop: watch::Receiver<bool>) -> FirstRound {
     FirstRound(first_rx)
 }
 
-/// Counts consecutive results and says when the state flips.
-#[derive(Default)]
-struct Streak {
-    passes: u32,
-    fails: u32,
-}
-
-impl Streak {
-    /// The new health when this result flips it.
-    fn observe(&mut self, ok: bool, current: Health, hc: &HealthCheck) -> Option<Health> {
-        // A server still "checking" is decided by its first result either way.
-        let needed = |n: u32| if current == Health::Checking { 1 } else { n };
-        if ok {
-            self.fails = 0;
-            self.passes += 1;
-            (current != Health::Up && self.passes >= needed(hc.passes)).then_some(Health::Up)
-        } else {
-            self.passes = 0;
-            self.fails += 1;
-            (current != Health::Down && self.fails >= needed(hc.fails)).then_some(Health::Down)
-        }
+/// The new health when a result that came `in_a_row` times flips it. A server still "checking" is decided by its
+/// first result either way.
+fn verdict(in_a_row: u32, ok: bool, current: Health, hc: &HealthCheck) -> Option<Health> {
+    let needed = |n: u32| if current == Health::Checking { 1 } else { n };
+    if ok {
+        (current != Health::Up && in_a_row >= needed(hc.passes)).then_some(Health::Up)
+    } else {
+        (current != Health::Down && in_a_row >= needed(hc.fails)).then_some(Health::Down)
     }
 }
 
@@ -100,7 +87,6 @@ async fn check_loop(
 ) {
     let peer = &up.peers[index];
     let host = hc.host.clone().unwrap_or_else(|| peer.spec.name.clone());
-    let mut streak = Streak::default();
     let mut wait = if first.is_some() {
         Duration::ZERO
     } else {
@@ -129,7 +115,8 @@ async fn check_loop(
             Ok(sid) => (sid, None),
             Err(e) => (None, Some(e)),
         };
-        if let Some(next) = streak.observe(ok, current, &hc) {
+        let in_a_row = peer.state.check_streak.count(ok);
+        if let Some(next) = verdict(in_a_row, ok, current, &hc) {
             apply(&up, index, next, reason);
         }
         drop(first.take());
@@ -262,6 +249,7 @@ async fn one_off_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::state::CheckStreak;
 
     fn hc() -> HealthCheck {
         HealthCheck {
@@ -277,15 +265,18 @@ mod tests {
 
     #[test]
     fn first_pass_admits_a_checking_server() {
-        let mut s = Streak::default();
-        assert_eq!(s.observe(true, Health::Checking, &hc()), Some(Health::Up));
+        let s = CheckStreak::default();
+        assert_eq!(
+            verdict(s.count(true), true, Health::Checking, &hc()),
+            Some(Health::Up)
+        );
     }
 
     #[test]
     fn first_failure_marks_a_checking_server_down() {
-        let mut s = Streak::default();
+        let s = CheckStreak::default();
         assert_eq!(
-            s.observe(false, Health::Checking, &hc()),
+            verdict(s.count(false), false, Health::Checking, &hc()),
             Some(Health::Down)
         );
     }
@@ -293,14 +284,15 @@ mod tests {
     #[test]
     fn flips_after_consecutive_results_only() {
         let hc = hc();
-        let mut s = Streak::default();
-        assert_eq!(s.observe(false, Health::Up, &hc), None);
-        assert_eq!(s.observe(true, Health::Up, &hc), None);
-        assert_eq!(s.observe(false, Health::Up, &hc), None);
-        assert_eq!(s.observe(false, Health::Up, &hc), Some(Health::Down));
-        assert_eq!(s.observe(true, Health::Down, &hc), None);
-        assert_eq!(s.observe(true, Health::Down, &hc), None);
-        assert_eq!(s.observe(true, Health::Down, &hc), Some(Health::Up));
+        let s = CheckStreak::default();
+        let observe = |ok: bool, current: Health| verdict(s.count(ok), ok, current, &hc);
+        assert_eq!(observe(false, Health::Up), None);
+        assert_eq!(observe(true, Health::Up), None);
+        assert_eq!(observe(false, Health::Up), None);
+        assert_eq!(observe(false, Health::Up), Some(Health::Down));
+        assert_eq!(observe(true, Health::Down), None);
+        assert_eq!(observe(true, Health::Down), None);
+        assert_eq!(observe(true, Health::Down), Some(Health::Up));
     }
 
     #[test]

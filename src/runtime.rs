@@ -129,8 +129,9 @@ pub struct Carry {
     stores: Mutex<HashMap<String, StoreEntry>>,
     pools: Mutex<HashMap<(String, String), PoolEntry>>,
     next_id: Mutex<ServerId>,
-    /// The first snapshot is built: servers new from now on were added while running.
-    built: std::sync::atomic::AtomicBool,
+    /// limpet is ready: servers new from now on were added while running (those its first config, first DNS
+    /// answers or an upgrade's hand-over named are not).
+    running: std::sync::atomic::AtomicBool,
     /// Upstreams whose server counts are exported.
     counted: Mutex<HashSet<String>>,
 }
@@ -167,7 +168,6 @@ impl Carry {
         }
         self.prune(&keep_servers, &upstreams);
         self.count_servers(&upstreams);
-        self.built.store(true, std::sync::atomic::Ordering::Relaxed);
         let by_addr = sites_by_addr(&config, &upstreams, &mut tls);
         Snapshot {
             config,
@@ -175,6 +175,12 @@ impl Carry {
             upstreams,
             access_log,
         }
+    }
+
+    /// limpet is ready: servers that snapshots add from now on ramp up (`slow_start`) once they are up.
+    pub fn note_running(&self) {
+        self.running
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn server_state(&self, upstream: &str, name: &str, checked: bool) -> Arc<ServerState> {
@@ -193,7 +199,7 @@ impl Carry {
             // Active checks admit a new server after its first pass.
             state.set_health(crate::upstream::Health::Checking);
         }
-        if self.built.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.running.load(std::sync::atomic::Ordering::Relaxed) {
             state.added_while_running();
         }
         servers.insert(key, state.clone());

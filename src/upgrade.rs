@@ -71,6 +71,28 @@ pub struct State {
     pub passive: Vec<(String, String, Option<u64>)>,
     /// Servers added through the runtime API to upstreams without a state file, as state-file text.
     pub added: BTreeMap<String, String>,
+    /// Runtime API edits of the config file's servers, in upstreams without a state file.
+    #[serde(default)]
+    pub edits: Vec<Edit>,
+    /// Servers draining on their way out (removed by DNS or the API): (upstream, origin, state-file text).
+    #[serde(default)]
+    pub leaving: Vec<(String, String, String)>,
+}
+
+/// A runtime API edit of a server of the config file: its settings as edited, or `None` when it was removed.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub upstream: String,
+    pub server: String,
+    pub settings: Option<EditedSettings>,
+}
+
+/// The settings the runtime API edits (`PATCH /upstreams/{name}/servers/{addr}`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EditedSettings {
+    pub weight: u32,
+    pub drain: bool,
+    pub down: bool,
 }
 
 /// One sticky session: its sid's key in the table, its server's name, and how long ago it was seen.

@@ -314,6 +314,46 @@ async fn a_dns_server_that_answers_late_at_start_delays_readiness_not_routing() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolve_entry_added_through_the_api_is_followed() {
+    let port = port_free_on(&[ip(2), ip(3), ip(4)]);
+    let a = backend::HttpBackend::start_on("a", SocketAddr::new(ip(2), port)).await;
+    let _b = backend::HttpBackend::start_on("b", SocketAddr::new(ip(3), port)).await;
+    let dns = Dnsmasq::start(&[("fleet.test", ip(3))], &[]);
+    let limpet = Limpet::start(&dns_config(
+        dns.addr,
+        "round_robin",
+        &format!("addr = \"{}\"", a.addr),
+    ));
+    wait_servers(&limpet, "app", &states(port, &[(2, "up")])).await;
+    let body = format!(r#"{{"addr": "fleet.test:{port}", "resolve": true}}"#);
+    let r = client::request(
+        limpet.admin.expect("admin"),
+        "POST",
+        "/upstreams/app/servers",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+    .expect("POST");
+    assert_eq!(r.status, 201, "{}", r.text());
+    wait_servers(&limpet, "app", &states(port, &[(2, "up"), (3, "up")])).await;
+    // The entry is followed: its records change, its servers do.
+    dns.set_hosts(&[("fleet.test", ip(3)), ("fleet.test", ip(4))]);
+    let _c = backend::HttpBackend::start_on("c", SocketAddr::new(ip(4), port)).await;
+    wait_servers(
+        &limpet,
+        "app",
+        &states(port, &[(2, "up"), (3, "up"), (4, "up")]),
+    )
+    .await;
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        names.insert(who(limpet.addr(), "/").await);
+    }
+    assert_eq!(names.len(), 3, "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_records_give_ports_weights_and_backups() {
     let backends = backend::backends(&["a", "b", "c"]).await;
     let dns = Dnsmasq::start(

@@ -289,7 +289,7 @@ async fn servers_are_added_changed_and_removed_while_limpet_serves() {
     let slow: Vec<_> = (0..3)
         .map(|_| {
             let addr = limpet.addr();
-            tokio::spawn(async move { support::client::get(addr, "/slow/1500").await })
+            tokio::spawn(async move { support::client::get(addr, "/slow/4000").await })
         })
         .collect();
     eventually(WAIT, "b busy", || async {
@@ -442,4 +442,35 @@ async fn a_state_file_that_cannot_be_written_refuses_the_change() {
     assert_eq!(r.status, 500, "{}", r.text());
     wait_listed(&limpet, &[b[0].addr], "up").await;
     assert_eq!(spread(&limpet, 3).await, counts(&[("a", 3)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_dies_while_the_list_keeps_changing_is_marked_down() {
+    let b = backends(&["a", "b"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Three failed checks in a row mark a server down.
+    let limpet = Limpet::start(
+        &config(dir.path(), &[b[0].addr, b[1].addr], "")
+            .replace("interval = \"200ms\"", "interval = \"200ms\"\nfails = 3"),
+    );
+    wait_listed(&limpet, &[b[0].addr, b[1].addr], "up").await;
+    b[1].stop();
+    // Every change of the list restarts the checks: the count of failures goes on across the restarts.
+    let path = format!("/upstreams/app/servers/{}", b[0].addr);
+    let dead = b[1].addr.to_string();
+    let mut changes = 0u32;
+    eventually(WAIT, "b down while the list keeps changing", || {
+        changes += 1;
+        let weight = 2 + changes % 2;
+        let limpet = &limpet;
+        let (path, dead) = (&path, &dead);
+        async move {
+            let r = api(limpet, "PATCH", path, &json!({ "weight": weight })).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            (field(limpet, "state").await[dead] == "down").then_some(())
+        }
+    })
+    .await;
+    assert!(changes >= 3, "the list changed {changes} times");
+    assert_eq!(who(limpet.addr(), "/").await, "a");
 }

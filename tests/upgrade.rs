@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -141,6 +142,104 @@ async fn an_upgrade_under_load_drops_no_connection_session_or_ack() {
     let logs = limpet.logs().join("\n");
     assert!(logs.contains("upgrade: state handed over"), "{logs}");
     assert!(logs.contains("upgrade: the old process exits"), "{logs}");
+}
+
+/// An admin call with a JSON body: (status, answer).
+async fn admin_call(limpet: &Limpet, method: &str, path: &str, body: &str) -> (u16, String) {
+    let r = request(
+        limpet.admin.expect("admin"),
+        method,
+        path,
+        &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await
+    .expect("admin request");
+    (r.status.as_u16(), r.text())
+}
+
+/// `GET /upstreams/io_nodes/servers`, by address.
+async fn listed(limpet: &Limpet) -> BTreeMap<String, serde_json::Value> {
+    let (status, text) = admin_call(limpet, "GET", "/upstreams/io_nodes/servers", "").await;
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    v["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| (s["addr"].as_str().unwrap_or("").to_string(), s.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_hands_over_api_edits_and_servers_draining_out() {
+    let mut fleet = NodeFleet::start(3, &[]);
+    let addrs = fleet.addrs();
+    let (n1, n2, n3) = (
+        addrs[0].to_string(),
+        addrs[1].to_string(),
+        addrs[2].to_string(),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = Binary::copy_into(dir.path());
+    let limpet = Limpet::start_binary(&binary.path, &shipped_config(&addrs, &[]));
+    let url = limpet.url();
+    // Polling sessions on every node, acking every 200 ms through the changes and the upgrade.
+    let held = SioClient::spawn(
+        &url,
+        "--clients 30 --transports polling --emits 1 --hold 12000",
+    );
+    eventually(WAIT, "30 sessions", || async {
+        (metric(&limpet.metrics().await, "limpet_sticky_sessions", &[]) >= 30.0).then_some(())
+    })
+    .await;
+    let on_n3 = listed(&limpet).await[&n3]["sticky_sessions"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(on_n3 > 0, "least_conn spreads new sessions over every node");
+    // Edits of the config file's servers (no state file): n1's weight, n2 drained; n3 removed, so it drains out
+    // while it holds its sessions.
+    let path = |a: &str| format!("/upstreams/io_nodes/servers/{a}");
+    for (method, server, body) in [
+        ("PATCH", &n1, r#"{"weight": 7}"#),
+        ("PATCH", &n2, r#"{"drain": true}"#),
+        ("DELETE", &n3, ""),
+    ] {
+        let (status, text) = admin_call(&limpet, method, &path(server), body).await;
+        assert!(status == 200, "{method} {server}: {status} {text}");
+    }
+
+    binary.rebuild();
+    let (status, text) = admin_call(&limpet, "POST", "/upgrade", "").await;
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let _new = KillOnDrop(answer["new_pid"].as_u64().map(|p| p as u32));
+
+    // The new process has the edits and the departing server, with its sessions.
+    let servers = listed(&limpet).await;
+    assert_eq!(limpet.status().await["process"]["generation"], 2);
+    assert_eq!(servers[&n1]["weight"], 7, "{servers:?}");
+    assert_eq!(servers[&n2]["drain"], true, "{servers:?}");
+    assert_eq!(servers[&n3]["departing"], true, "{servers:?}");
+    assert_eq!(servers[&n3]["sticky_sessions"], on_n3, "{servers:?}");
+    // New sessions go to n1 only; every held session kept its node and got every ack.
+    let fresh = SioClient::run_to_end(&url, "--clients 6 --emits 1").await;
+    assert_connected_cleanly(&fresh, 6);
+    assert_eq!(fresh["nodes"], serde_json::json!({"n1": 6}), "{fresh}");
+    let r = held.await.expect("client.js");
+    assert_connected_cleanly(&r, 30);
+    assert_eq!(r["hold_emit_errors"], 0, "{r}");
+    let m = limpet.metrics().await;
+    assert_eq!(
+        metric(&m, "limpet_sticky_lookups_total", &[("result", "dead")]),
+        0.0
+    );
+    // n3 leaves once its node stops answering.
+    fleet.nodes[2].kill();
+    eventually(WAIT, "n3 gone", || async {
+        (!listed(&limpet).await.contains_key(&n3)).then_some(())
+    })
+    .await;
 }
 
 /// A config in front of `backend`, with checks that take `check_timeout` on a silent server.

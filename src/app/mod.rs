@@ -5,6 +5,7 @@ mod upgrade;
 
 pub use upgrade::UpgradeError;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -26,6 +27,7 @@ use crate::listener::{take_given, Listeners, Shared};
 use crate::metrics::metrics;
 use crate::runtime::{self, Carry, Snapshot};
 use crate::sync::lock;
+use crate::upgrade::EditedSettings;
 use crate::upstream::dns::{self, Answer};
 use crate::upstream::membership::Membership;
 
@@ -48,6 +50,9 @@ pub struct App {
     base: Mutex<Config>,
     /// DNS answers and the servers on their way out.
     membership: Mutex<Membership>,
+    /// Runtime API edits of the config file's servers (upstreams without a state file) since the last load, by
+    /// (upstream, server): what an upgrade hands over.
+    edits: Mutex<BTreeMap<(String, String), Option<EditedSettings>>>,
     /// The DNS tasks of the current config, stopped when it is replaced.
     lookups: Mutex<Option<watch::Sender<bool>>>,
     /// Where DNS tasks send their answers.
@@ -148,6 +153,7 @@ impl App {
             starting: Mutex::new(None),
             ready: AtomicBool::new(false),
             membership: Mutex::default(),
+            edits: Mutex::default(),
             lookups: Mutex::new(None),
             answers,
             process,
@@ -181,6 +187,7 @@ impl App {
         }
         // Started by an upgrade: take the old process's sessions before the first connection.
         let handed = self.take_over().await;
+        self.carry.note_running();
         self.lock_listeners()
             .apply(&self.shared, starting.bound, &|_| true);
         self.ready.store(true, Relaxed);
@@ -252,13 +259,17 @@ impl App {
         for w in &loaded.warnings {
             warn!("config: {w}");
         }
+        let old = self.snapshot();
         let config = {
             let mut membership = lock(&self.membership);
             membership.retain(&loaded.config);
-            membership.expand(&loaded.config)
+            let named = membership.named(&loaded.config);
+            // Servers a DNS answer dropped since the last snapshot drain, as they would without this reload; the
+            // servers the config file dropped go at once.
+            membership.note_departures_of(&old.config, &named, |s| s.origin == config::Origin::Dns);
+            membership.with_leaving(named)
         };
         let tls = runtime::tls_configs(&config).map_err(|p| problems(&self.config_path, p))?;
-        let old = self.snapshot();
         if let (Some(a), Some(b)) = (&old.config.admin, &loaded.config.admin) {
             if a.listen != b.listen {
                 warn!("admin.listen changes take effect on restart");
@@ -282,6 +293,7 @@ impl App {
         };
         seed_state_files(&loaded.config);
         *lock(&self.base) = loaded.config;
+        lock(&self.edits).clear();
         let snapshot = self.carry.build(config, tls, access_log);
         self.shared.snapshot.store(Arc::new(snapshot));
         self.lock_listeners()
@@ -419,19 +431,36 @@ impl App {
                 "still starting (first health checks)".into(),
             ));
         }
+        if *self.process().handed_over().borrow() {
+            return Err(ChangeError::Conflict(
+                "this process has handed over to a new one: send changes to it".into(),
+            ));
+        }
         let mut up = lock(&self.base)
             .upstreams
             .get(upstream)
             .cloned()
             .ok_or_else(|| ChangeError::NotFound(format!("no upstream {upstream:?}")))?;
+        let dns_before = dns_names(&up);
         let out = change(&mut up)?;
         if let Some(path) = &up.state_file {
             config::state_file::write(path, &up).map_err(|e| {
                 ChangeError::Storage(format!("cannot write {}: {e}", path.display()))
             })?;
         }
+        let dns_changed = dns_names(&up) != dns_before;
+        if up.state_file.is_none() {
+            let before = lock(&self.base).upstreams.get(upstream).cloned();
+            if let Some(before) = before {
+                note_edits(&mut lock(&self.edits), &before, &up);
+            }
+        }
         lock(&self.base).upstreams.insert(upstream.to_string(), up);
         drop(self.swap_servers());
+        if dns_changed {
+            // An entry added is looked up from now on; one removed is no longer followed.
+            drop(self.start_lookups());
+        }
         Ok(out)
     }
 
@@ -563,6 +592,38 @@ pub enum ChangeError {
     Conflict(String),
     #[error("{0}")]
     Storage(String),
+}
+
+/// Records how `after` changed the config file's servers of `before` (weight, drain, down; removal).
+fn note_edits(
+    edits: &mut BTreeMap<(String, String), Option<EditedSettings>>,
+    before: &config::Upstream,
+    after: &config::Upstream,
+) {
+    for old in before
+        .servers
+        .iter()
+        .filter(|s| s.origin == config::Origin::Config)
+    {
+        let key = (before.name.clone(), old.name.clone());
+        let Some(new) = after.servers.iter().find(|s| s.name == old.name) else {
+            edits.insert(key, None);
+            continue;
+        };
+        let edited = EditedSettings {
+            weight: new.weight,
+            drain: new.drain,
+            down: new.down,
+        };
+        if (old.weight, old.drain, old.down) != (new.weight, new.drain, new.down) {
+            edits.insert(key, Some(edited));
+        }
+    }
+}
+
+/// The names of an upstream's `resolve` and `service` entries.
+fn dns_names(up: &config::Upstream) -> Vec<String> {
+    up.dns.iter().map(|d| d.template.name.clone()).collect()
 }
 
 /// How long readiness waits for the first DNS lookups (each lookup is bounded on its own, too).

@@ -25,9 +25,11 @@ use super::App;
 use crate::clock::now_ms;
 use crate::config::{self, Origin};
 use crate::conn::CloseAt;
+use crate::health::FirstRound;
+use crate::runtime::Snapshot;
 use crate::sticky::ServerId;
 use crate::sync::lock;
-use crate::upgrade::{Channel, Message, Session, State, Waiting, SOCKET_ENV};
+use crate::upgrade::{Channel, Edit, Message, Session, State, Waiting, SOCKET_ENV};
 use crate::upstream::state::DrainOverride;
 
 /// How long the new process may take to connect, load its config and finish its first health checks.
@@ -137,6 +139,18 @@ impl App {
     /// Hands this process over to a new one started from the same binary path with the same arguments. Returns
     /// the new process's pid once it serves; on an error this process serves on as before.
     pub async fn upgrade(self: &Arc<Self>) -> Result<u32, UpgradeError> {
+        // On its own task: a caller that goes away (an admin client hanging up) does not stop it half way.
+        let app = self.clone();
+        tokio::spawn(async move { app.upgrade_now().await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(UpgradeError::Failed(format!(
+                    "the upgrade task failed: {e}"
+                )))
+            })
+    }
+
+    async fn upgrade_now(self: &Arc<Self>) -> Result<u32, UpgradeError> {
         let Ok(_one_at_a_time) = self.process.upgrading.try_lock() else {
             warn!("upgrade refused: another one is under way");
             return Err(UpgradeError::Busy("an upgrade is already under way"));
@@ -146,6 +160,8 @@ impl App {
                 "not serving (starting, stopping or already handed over)",
             ));
         }
+        // No reload or server change meanwhile: the new process reads the same files, and gets this state.
+        let _no_changes = self.reloading.lock().await;
         let result = self.hand_over().await.map_err(UpgradeError::Failed);
         match &result {
             Ok(pid) => {
@@ -305,6 +321,15 @@ impl App {
                 }
             }
         }
+        state.edits = lock(&self.edits)
+            .iter()
+            .map(|((upstream, server), settings)| Edit {
+                upstream: upstream.clone(),
+                server: server.clone(),
+                settings: *settings,
+            })
+            .collect();
+        state.leaving = self.export_leaving(&snap);
         for (name, up) in &lock(&self.base).upstreams {
             if up.state_file.is_some() {
                 continue;
@@ -319,6 +344,28 @@ impl App {
             }
         }
         state
+    }
+
+    /// The servers draining on their way out, by upstream and origin, as state-file text.
+    fn export_leaving(&self, snap: &Snapshot) -> Vec<(String, String, String)> {
+        let membership = lock(&self.membership);
+        let mut out = Vec::new();
+        for up in snap.upstreams.values() {
+            for origin in Origin::ALL {
+                let mut list = up.config.clone();
+                list.dns.clear();
+                list.servers
+                    .retain(|s| s.origin == origin && membership.is_leaving(up.name(), &s.name));
+                if !list.servers.is_empty() {
+                    out.push((
+                        up.name().to_string(),
+                        origin.label().to_string(),
+                        config::state_file::render(&list),
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// For a process started by an upgrade: says it is ready, takes the old process's state in, and returns the
@@ -346,7 +393,10 @@ impl App {
         .and_then(|r| r);
         match got {
             Ok((channel, state)) => {
-                self.import_state(state);
+                // Servers the state adds are checked before this process accepts, as its own config's were.
+                if let Some(round) = self.import_state(state) {
+                    round.done().await;
+                }
                 Some(channel)
             }
             Err(e) => {
@@ -370,10 +420,28 @@ impl App {
         });
     }
 
-    fn import_state(self: &Arc<Self>, state: State) {
-        if !state.added.is_empty() {
+    /// Takes the old process's state in; says when the servers it added have had their first check.
+    fn import_state(self: &Arc<Self>, state: State) -> Option<FirstRound> {
+        let mut dns_added = false;
+        let mut round = None;
+        if !state.added.is_empty() || !state.edits.is_empty() || !state.leaving.is_empty() {
             {
                 let mut base = lock(&self.base);
+                apply_edits(&mut base, &state.edits);
+                let mut membership = lock(&self.membership);
+                for (name, origin, text) in &state.leaving {
+                    let Ok((mut servers, _)) = config::state_file::parse(text) else {
+                        continue;
+                    };
+                    for s in &mut servers {
+                        s.origin = Origin::ALL
+                            .into_iter()
+                            .find(|o| o.label() == origin)
+                            .unwrap_or(Origin::Config);
+                    }
+                    membership.take_leaving(name, servers);
+                }
+                drop(membership);
                 for (name, text) in &state.added {
                     let (Some(up), Ok((servers, dns))) = (
                         base.upstreams.get_mut(name),
@@ -391,11 +459,15 @@ impl App {
                         if !up.dns.iter().any(|x| x.template.name == d.template.name) {
                             d.template.origin = Origin::Api;
                             up.dns.push(d);
+                            dns_added = true;
                         }
                     }
                 }
             }
-            drop(self.swap_servers());
+            round = Some(self.swap_servers());
+        }
+        if dns_added {
+            drop(self.start_lookups());
         }
         let snap = self.snapshot();
         let peer = |up: &str, name: &str| {
@@ -425,8 +497,11 @@ impl App {
             drains = state.drains.len(),
             passive_marks = state.passive.len(),
             added = state.added.len(),
+            edits = state.edits.len(),
+            leaving = state.leaving.len(),
             "upgrade: took over the old process's state"
         );
+        round
     }
 
     /// Adds sessions of `upstream` handed over by the old process; returns how many were taken.
@@ -555,6 +630,36 @@ fn start_new(
             let _ = child.kill();
             let _ = child.wait();
             Err(format!("the new process did not get ready: {other:?}"))
+        }
+    }
+}
+
+/// Applies the old process's runtime API edits to the config file's servers that this process loaded too. A
+/// removal that would leave an upstream with nothing is not applied.
+fn apply_edits(base: &mut config::Config, edits: &[Edit]) {
+    for edit in edits {
+        let Some(up) = base.upstreams.get_mut(&edit.upstream) else {
+            continue;
+        };
+        if up.state_file.is_some() {
+            continue;
+        }
+        let Some(at) = up
+            .servers
+            .iter()
+            .position(|s| s.name == edit.server && s.origin == Origin::Config)
+        else {
+            continue;
+        };
+        match edit.settings {
+            Some(e) => {
+                let s = &mut up.servers[at];
+                (s.weight, s.drain, s.down) = (e.weight, e.drain, e.down);
+            }
+            None if up.servers.len() > 1 || !up.dns.is_empty() => {
+                up.servers.remove(at);
+            }
+            None => {}
         }
     }
 }

@@ -79,7 +79,13 @@ pub async fn follow(
     let (ok, error, empty) = (counter("ok"), counter("error"), counter("empty"));
     let mut failing = false;
     loop {
-        let looked = tokio::time::timeout(LOOKUP_TIMEOUT, lookup(&resolver, &entry.lookup)).await;
+        // A lookup under way when the entry is no longer followed (a reload) is abandoned: its answer could be
+        // older than the new task's.
+        let looked = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return,
+            looked = tokio::time::timeout(LOOKUP_TIMEOUT, lookup(&resolver, &entry.lookup)) => looked,
+        };
         let wait = match looked {
             Ok(Ok((found, valid_until))) if !found.is_empty() => {
                 ok.inc();
@@ -128,10 +134,15 @@ pub async fn follow(
         };
         tokio::select! {
             biased;
-            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+            _ = stopped(&mut stop) => return,
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Returns once `stop` turns true or its sender is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// Looks an entry up once.

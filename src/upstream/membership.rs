@@ -75,6 +75,7 @@ impl Membership {
     }
 
     /// The running config: `base` with the servers DNS named and the servers on their way out (draining).
+    #[cfg(test)]
     pub fn expand(&self, base: &Config) -> Config {
         self.with_leaving(self.named(base))
     }
@@ -94,6 +95,16 @@ impl Membership {
     /// Notes the servers that were in `old` (a running config) but are not in `named` (see [`Membership::named`]):
     /// they drain before they go. Servers named again stop leaving. Says whether anything started leaving.
     pub fn note_departures(&mut self, old: &Config, named: &Config) -> bool {
+        self.note_departures_of(old, named, |_| true)
+    }
+
+    /// As [`Membership::note_departures`], for the departed servers `which` selects only (the others go at once).
+    pub fn note_departures_of(
+        &mut self,
+        old: &Config,
+        named: &Config,
+        which: impl Fn(&ServerSpec) -> bool,
+    ) -> bool {
         let mut started = false;
         for (name, up) in &named.upstreams {
             let present: HashSet<&str> = up.servers.iter().map(|s| s.name.as_str()).collect();
@@ -105,6 +116,7 @@ impl Membership {
             for s in &before.servers {
                 let gone = self.gone.contains(&(name.clone(), s.name.clone()));
                 if !gone
+                    && which(s)
                     && !present.contains(s.name.as_str())
                     && !leaving.iter().any(|l| l.name == s.name)
                 {
@@ -133,6 +145,18 @@ impl Membership {
             });
         }
         pruned
+    }
+
+    /// Takes servers that were on their way out in another process (an upgrade's hand-over): they drain here too,
+    /// until they hold nothing.
+    pub fn take_leaving(&mut self, upstream: &str, servers: Vec<ServerSpec>) {
+        let leaving = self.leaving.entry(upstream.to_string()).or_default();
+        for mut s in servers {
+            if !leaving.iter().any(|l| l.name == s.name) {
+                s.drain = true;
+                leaving.push(s);
+            }
+        }
     }
 
     /// Is this server on its way out?
@@ -270,5 +294,45 @@ weight = 3
         m.note_departures(&after, &back);
         assert!(!m.is_leaving("app", "127.0.0.2:3000"));
         assert!(names(&m.expand(&base)).iter().all(|(_, drain)| !drain));
+    }
+
+    #[test]
+    fn a_reload_drains_only_the_servers_it_is_told_to() {
+        let base = config();
+        let mut m = Membership::default();
+        m.answer("app", "fleet.test:3000", vec![found([127, 0, 0, 2])]);
+        let before = m.expand(&base);
+        // The answer drops 127.0.0.2 and the reloaded config drops the file's server: only the DNS one drains.
+        m.answer("app", "fleet.test:3000", vec![found([127, 0, 0, 3])]);
+        let mut reloaded = base.clone();
+        let app = reloaded.upstreams.get_mut("app").expect("app");
+        app.servers.clear();
+        let named = m.named(&reloaded);
+        assert!(m.note_departures_of(&before, &named, |s| s.origin == Origin::Dns));
+        let listed = names(&m.with_leaving(named));
+        assert_eq!(
+            listed,
+            vec![
+                ("127.0.0.3:3000".to_string(), false),
+                ("127.0.0.2:3000".to_string(), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn servers_taken_from_another_process_drain_until_named_again() {
+        let base = config();
+        let mut m = Membership::default();
+        let mut spec = base.upstreams["app"].servers[0].clone();
+        spec.name = "127.0.0.9:3000".into();
+        m.take_leaving("app", vec![spec.clone()]);
+        m.take_leaving("app", vec![spec]);
+        let listed = names(&m.expand(&base));
+        assert_eq!(listed.iter().filter(|(_, drain)| *drain).count(), 1);
+        assert!(m.is_leaving("app", "127.0.0.9:3000"));
+        m.answer("app", "fleet.test:3000", vec![found([127, 0, 0, 9])]);
+        let named = m.named(&base);
+        m.note_departures(&named, &named);
+        assert!(!m.is_leaving("app", "127.0.0.9:3000"));
     }
 }

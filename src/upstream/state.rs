@@ -52,6 +52,32 @@ pub struct ServerState {
     added_later: AtomicBool,
     /// The config's `down` as last loaded (0 false, 1 true, 2 not loaded yet).
     config_down: AtomicU8,
+    /// Active-check results in a row.
+    pub check_streak: CheckStreak,
+}
+
+/// Consecutive active-check results of one kind, kept with the server's state so that a check task restarted by a
+/// reload or a change of servers goes on counting where the last one stopped.
+#[derive(Default)]
+pub struct CheckStreak {
+    passes: AtomicU32,
+    fails: AtomicU32,
+}
+
+impl CheckStreak {
+    /// Counts one result; returns how many results of its kind came in a row, this one included.
+    pub fn count(&self, ok: bool) -> u32 {
+        let (this, other) = if ok {
+            (&self.passes, &self.fails)
+        } else {
+            (&self.fails, &self.passes)
+        };
+        other.store(0, Relaxed);
+        let before = this
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_add(1)))
+            .unwrap_or(u32::MAX);
+        before.saturating_add(1)
+    }
 }
 
 /// The least share of its weight a server coming up takes (slow start begins "near zero", not at zero).
@@ -77,6 +103,7 @@ impl ServerState {
             up_since_ms: AtomicU64::new(0),
             added_later: AtomicBool::new(false),
             config_down: AtomicU8::new(2),
+            check_streak: CheckStreak::default(),
         }
     }
 
