@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::dns::{free_udp_port, port_free_on, Dnsmasq, Srv};
+use support::dns::{port_free_on, Dnsmasq, Srv};
 use support::metrics::metric;
 use support::node::{assert_connected_cleanly, Node, SioClient};
 use support::*;
@@ -275,42 +275,42 @@ async fn a_dns_outage_or_an_empty_answer_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dns_server_that_answers_late_at_start_delays_readiness_not_routing() {
+async fn a_dns_server_that_refuses_at_start_delays_readiness_not_routing() {
     let port = port_free_on(&[ip(2), ip(3)]);
     let _a = backend::HttpBackend::start_on("a", SocketAddr::new(ip(2), port)).await;
     let _b = backend::HttpBackend::start_on("b", SocketAddr::new(ip(3), port)).await;
-    // Nothing answers on the resolver's port yet: limpet's first lookup fails.
-    let dns_port = free_udp_port();
-    let dns_addr = SocketAddr::from(([127, 0, 0, 1], dns_port));
+    // The DNS server refuses the name at first (REFUSED: no record, not a name of its own): the first lookup
+    // fails, which is an error, not an empty answer, and limpet asks again.
+    let dns = Dnsmasq::start(&[], &[]);
     let mut limpet = Limpet::start_unready(&dns_config(
-        dns_addr,
+        dns.addr,
         "round_robin",
-        &format!("addr = \"fleet.test:{port}\"\nresolve = true"),
+        &format!("addr = \"fleet.late:{port}\"\nresolve = true"),
     ));
     limpet.wait_log("DNS lookup failed", WAIT).await;
     assert!(!limpet.logs().iter().any(|l| l.contains("ready:")));
-    let _dns = Dnsmasq::start_at(
-        dns_port,
-        &[("fleet.test", ip(2)), ("fleet.test", ip(3))],
-        &[],
-    );
+    dns.set_hosts(&[("fleet.late", ip(2)), ("fleet.late", ip(3))]);
     limpet.wait_log("ready:", WAIT).await;
     limpet.wait_listening(1);
-    // Ready means the servers the late answer named passed their first check: no wait, no 502.
+    // Ready means the servers of the first answer passed their first check: no wait, no 502.
     let mut have = servers(&limpet, "app").await;
     have.sort();
-    assert_eq!(
-        have,
-        states(port, &[(2, "up"), (3, "up")])
-            .iter()
-            .map(|(a, s)| (a.clone(), s.to_string()))
-            .collect::<Vec<_>>()
-    );
+    let want: Vec<(String, String)> = states(port, &[(2, "up"), (3, "up")])
+        .into_iter()
+        .map(|(a, s)| (a, s.to_string()))
+        .collect();
+    assert_eq!(have, want);
     let mut names = std::collections::BTreeSet::new();
     for _ in 0..4 {
         names.insert(who(limpet.addr(), "/").await);
     }
     assert_eq!(names.len(), 2, "{names:?}");
+    let m = limpet.metrics().await;
+    assert!(metric(&m, "limpet_dns_lookups_total", &[("result", "error")]) >= 1.0);
+    assert_eq!(
+        metric(&m, "limpet_dns_lookups_total", &[("result", "empty")]),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ use hickory_resolver::config::{
     ResolverOpts,
 };
 use hickory_resolver::error::{ResolveError, ResolveErrorKind};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::TokioAsyncResolver;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -112,7 +113,7 @@ pub async fn follow(
                         drop(first.take());
                         "no records".to_string()
                     }
-                    Ok(Err(e)) if matches!(e.kind(), ResolveErrorKind::NoRecordsFound { .. }) => {
+                    Ok(Err(e)) if is_no_records(&e) => {
                         empty.inc();
                         drop(first.take());
                         "no records".to_string()
@@ -138,6 +139,18 @@ pub async fn follow(
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Is this an answer that the name has no such records (NXDOMAIN, or NOERROR with none)? A server that refuses
+/// or fails (REFUSED, SERVFAIL, …) gave no answer: that is an error, not an empty answer.
+fn is_no_records(e: &ResolveError) -> bool {
+    matches!(
+        e.kind(),
+        ResolveErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NXDomain | ResponseCode::NoError,
+            ..
+        }
+    )
 }
 
 /// Returns once `stop` turns true or its sender is gone.
@@ -175,7 +188,7 @@ async fn service(resolver: &TokioAsyncResolver, name: &str) -> Result<Resolved, 
         let target = record.target().to_utf8();
         let ips = match resolver.lookup_ip(target.as_str()).await {
             Ok(ips) => ips,
-            Err(e) if matches!(e.kind(), ResolveErrorKind::NoRecordsFound { .. }) => continue,
+            Err(e) if is_no_records(&e) => continue,
             Err(e) => return Err(e),
         };
         valid_until = valid_until.min(ips.valid_until());

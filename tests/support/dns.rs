@@ -1,5 +1,6 @@
 //! A real DNS server for membership tests: dnsmasq on a loopback port, answering from a hosts file that the test
-//! rewrites (then SIGHUP: dnsmasq re-reads it) and from SRV records given at start. TTLs are 1 s.
+//! rewrites (then SIGHUP: dnsmasq re-reads it) and from SRV records given at start. TTLs are 1 s. A name under
+//! `.test` with no record does not exist; a name elsewhere with no record is refused.
 
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
@@ -27,16 +28,12 @@ pub struct Dnsmasq {
 impl Dnsmasq {
     /// Starts dnsmasq answering `hosts` (name, address) and `srv`, and waits (10 s at most) until it listens.
     pub fn start(hosts: &[(&str, IpAddr)], srv: &[Srv<'_>]) -> Dnsmasq {
-        Dnsmasq::start_at(free_udp_port(), hosts, srv)
-    }
-
-    /// As [`Dnsmasq::start`], on `port` of 127.0.0.1 (see [`free_udp_port`]).
-    pub fn start_at(port: u16, hosts: &[(&str, IpAddr)], srv: &[Srv<'_>]) -> Dnsmasq {
         let dir = tempfile::tempdir().expect("tempdir");
         // dnsmasq drops its privileges when started as root: let it read the hosts directory.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
         let d_hosts = dir.path().join("hosts");
+        let port = free_udp_port();
         let mut cmd = Command::new(dnsmasq_bin());
         cmd.args([
             "--keep-in-foreground",
@@ -47,6 +44,9 @@ impl Dnsmasq {
             "--bind-interfaces",
             "--listen-address=127.0.0.1",
             "--local-ttl=1",
+            // Names under .test are its own: one it has no record for does not exist (NXDOMAIN). Others it
+            // refuses (REFUSED), as a resolver with nowhere to ask does.
+            "--local=/test/",
             "--pid-file=",
             "--log-facility=-",
         ])
@@ -146,7 +146,7 @@ fn dnsmasq_bin() -> PathBuf {
 }
 
 /// A port free for both UDP and TCP on 127.0.0.1.
-pub fn free_udp_port() -> u16 {
+fn free_udp_port() -> u16 {
     loop {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
         let port = udp.local_addr().expect("addr").port();
