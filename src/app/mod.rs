@@ -610,12 +610,12 @@ fn note_edits(
             edits.insert(key, None);
             continue;
         };
-        let edited = EditedSettings {
-            weight: new.weight,
-            drain: new.drain,
-            down: new.down,
-        };
         if (old.weight, old.drain, old.down) != (new.weight, new.drain, new.down) {
+            let edited = EditedSettings {
+                weight: new.weight,
+                drain: new.drain,
+                down: new.down,
+            };
             edits.insert(key, Some(edited));
         }
     }

@@ -434,10 +434,7 @@ impl App {
                         continue;
                     };
                     for s in &mut servers {
-                        s.origin = Origin::ALL
-                            .into_iter()
-                            .find(|o| o.label() == origin)
-                            .unwrap_or(Origin::Config);
+                        s.origin = Origin::from_label(origin).unwrap_or(Origin::Config);
                     }
                     membership.take_leaving(name, servers);
                 }

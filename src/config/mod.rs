@@ -227,6 +227,11 @@ pub enum Origin {
 impl Origin {
     pub const ALL: [Origin; 3] = [Origin::Config, Origin::Dns, Origin::Api];
 
+    /// The origin a [`Origin::label`] names.
+    pub fn from_label(label: &str) -> Option<Origin> {
+        Origin::ALL.into_iter().find(|o| o.label() == label)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Origin::Config => "config",
