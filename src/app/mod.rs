@@ -449,13 +449,13 @@ impl App {
             })?;
         }
         let dns_changed = dns_names(&up) != dns_before;
-        if up.state_file.is_none() {
-            let before = lock(&self.base).upstreams.get(upstream).cloned();
-            if let Some(before) = before {
-                note_edits(&mut lock(&self.edits), &before, &up);
+        {
+            let mut base = lock(&self.base);
+            if let (None, Some(before)) = (&up.state_file, base.upstreams.get(upstream)) {
+                note_edits(&mut lock(&self.edits), before, &up);
             }
+            base.upstreams.insert(upstream.to_string(), up);
         }
-        lock(&self.base).upstreams.insert(upstream.to_string(), up);
         drop(self.swap_servers());
         if dns_changed {
             // An entry added is looked up from now on; one removed is no longer followed.
